@@ -1,1 +1,17 @@
-__version__ = "0.1.0"
+"""ppvae: variational autoencoders written as Pyro probabilistic programs.
+
+The public API is a short curated list; everything else lives in the submodules
+:mod:`ppvae.data`, :mod:`ppvae.models` and :mod:`ppvae.inference`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ppvae.data import BatchLoader, Dataset, load_dataset
+from ppvae.models import VAE
+
+try:
+    __version__ = version("ppvae")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["__version__", "load_dataset", "Dataset", "BatchLoader", "VAE"]
