@@ -5,34 +5,55 @@ A likelihood declares the shape of the parameters it needs per datapoint
 ``pyro.distributions`` object whose event dims cover the whole datapoint
 (:meth:`Likelihood.forward`), and checks that data lies in its support
 (:meth:`Likelihood.check_support`) with a message that says what to do instead.
+:meth:`Likelihood.value_range` tells other components (the VampPrior's
+pseudo-inputs) where data can lie.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
+from torch import nn
+from torch.nn import functional as F
+
+from ppvae.models.distributions import DiscretizedLogistic
 
 __all__ = [
     "Likelihood",
     "BernoulliLikelihood",
     "BinomialLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "GaussianLikelihood",
+    "PoissonLikelihood",
+    "CategoricalLikelihood",
+    "DiscretizedLogisticLikelihood",
     "LIKELIHOODS",
     "make_likelihood",
 ]
+
+_8BIT_FIX = (
+    "multiply images in [0, 1] by 255 and round (x.mul(255).round()), "
+    "or use likelihood='continuous_bernoulli'"
+)
 
 
 def _range(x: torch.Tensor) -> str:
     return f"[{x.min().item():g}, {x.max().item():g}]"
 
 
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
 class Likelihood(PyroModule):
     """Base class for observation models.
 
     Subclasses set :attr:`name`, implement :meth:`distribution` and, when their
-    support is narrower than the reals, :meth:`check_support`.
+    support is narrower than the reals, :meth:`check_support` and :meth:`value_range`.
 
     Parameters
     ----------
@@ -60,6 +81,10 @@ class Likelihood(PyroModule):
     def forward(self, params: torch.Tensor) -> dist.Distribution:
         return self.distribution(params).to_event(len(self.event_shape))
 
+    def value_range(self) -> tuple[float, float]:
+        """Smallest and largest value a feature can take (``±inf`` when unbounded)."""
+        return (-math.inf, math.inf)
+
     def check_support(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` when ``x`` lies outside the support."""
         if not torch.isfinite(x).all():
@@ -76,6 +101,9 @@ class BernoulliLikelihood(Likelihood):
 
     def distribution(self, params: torch.Tensor) -> dist.Distribution:
         return dist.Bernoulli(logits=params, validate_args=False)
+
+    def value_range(self) -> tuple[float, float]:
+        return (0.0, 1.0)
 
     def check_support(self, x: torch.Tensor) -> None:
         super().check_support(x)
@@ -108,6 +136,9 @@ class BinomialLikelihood(Likelihood):
     def distribution(self, params: torch.Tensor) -> dist.Distribution:
         return dist.Binomial(total_count=self.total_count, logits=params, validate_args=False)
 
+    def value_range(self) -> tuple[float, float]:
+        return (0.0, float(self.total_count))
+
     def check_support(self, x: torch.Tensor) -> None:
         super().check_support(x)
         if not ((x >= 0) & (x <= self.total_count) & (x == x.round())).all():
@@ -119,9 +150,222 @@ class BinomialLikelihood(Likelihood):
             )
 
 
+class ContinuousBernoulliLikelihood(Likelihood):
+    """Continuous Bernoulli on [0, 1], the normalised form of a Bernoulli on grey levels.
+
+    References
+    ----------
+    Loaiza-Ganem & Cunningham (2019), "The continuous Bernoulli: fixing a pervasive
+    error in variational autoencoders", NeurIPS.
+    """
+
+    name = "continuous_bernoulli"
+
+    def distribution(self, params: torch.Tensor) -> dist.Distribution:
+        return dist.ContinuousBernoulli(logits=params, validate_args=False)
+
+    def value_range(self) -> tuple[float, float]:
+        return (0.0, 1.0)
+
+    def check_support(self, x: torch.Tensor) -> None:
+        super().check_support(x)
+        if not ((x >= 0) & (x <= 1)).all():
+            self._fail(
+                "values outside [0, 1]",
+                x,
+                "scale the data to [0, 1] (e.g. divide by its maximum), "
+                "or use likelihood='gaussian'",
+            )
+
+
+class GaussianLikelihood(Likelihood):
+    """Independent Gaussian features with a learned standard deviation.
+
+    Parameters
+    ----------
+    event_shape
+        Shape of one datapoint.
+    scale
+        ``"feature"``: one learned scale per feature, shared by all datapoints (the
+        decoder outputs the mean only). ``"datapoint"``: the decoder outputs the mean
+        and a raw scale for every feature of every datapoint.
+    init_scale
+        Initial standard deviation of the ``"feature"`` variant.
+    min_scale
+        Floor added to the softplus of the raw scale; without it the likelihood of
+        a constant feature (e.g. a border pixel) grows without bound.
+    """
+
+    name = "gaussian"
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        scale: str = "feature",
+        init_scale: float = 1.0,
+        min_scale: float = 1e-3,
+    ) -> None:
+        super().__init__(event_shape)
+        if scale not in ("feature", "datapoint"):
+            raise ValueError(f"scale must be 'feature' or 'datapoint', got {scale!r}")
+        if not init_scale > min_scale:
+            raise ValueError(f"init_scale ({init_scale}) must exceed min_scale ({min_scale})")
+        self.scale_mode = scale
+        self.min_scale = float(min_scale)
+        if scale == "feature":
+            raw = _inverse_softplus(init_scale - min_scale)
+            self.raw_scale = nn.Parameter(torch.full(self.event_shape, raw))
+        else:
+            self.params_per_feature = 2
+
+    def _loc_scale(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.scale_mode == "feature":
+            return params, F.softplus(self.raw_scale) + self.min_scale
+        loc, raw = params.unbind(-1)
+        return loc, F.softplus(raw) + self.min_scale
+
+    def distribution(self, params: torch.Tensor) -> dist.Distribution:
+        loc, scale = self._loc_scale(params)
+        return dist.Normal(loc, scale, validate_args=False)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The decoder's location output."""
+        return self._loc_scale(params)[0]
+
+
+class PoissonLikelihood(Likelihood):
+    """Independent Poisson counts with rate ``softplus(decoder output)``.
+
+    Softplus rather than exp: the rate then grows linearly, not exponentially, with
+    the decoder output, so a large output early in training does not produce an
+    enormous rate and gradient; a small floor keeps the rate positive where the
+    softplus underflows, so positive counts never get probability zero.
+
+    Parameters
+    ----------
+    event_shape
+        Shape of one datapoint.
+    min_rate
+        Floor added to the rate.
+    """
+
+    name = "poisson"
+
+    def __init__(self, event_shape: Sequence[int], min_rate: float = 1e-6) -> None:
+        super().__init__(event_shape)
+        self.min_rate = float(min_rate)
+
+    def distribution(self, params: torch.Tensor) -> dist.Distribution:
+        return dist.Poisson(F.softplus(params) + self.min_rate, validate_args=False)
+
+    def value_range(self) -> tuple[float, float]:
+        return (0.0, math.inf)
+
+    def check_support(self, x: torch.Tensor) -> None:
+        super().check_support(x)
+        if not ((x >= 0) & (x == x.round())).all():
+            self._fail(
+                "values are not nonnegative integers",
+                x,
+                "use likelihood='gaussian' for real-valued data",
+            )
+
+
+class _IntegerLevels(Likelihood):
+    """Shared support of the 8-bit image likelihoods: integers ``0..num_values-1``."""
+
+    def __init__(self, event_shape: Sequence[int], num_values: int = 256) -> None:
+        super().__init__(event_shape)
+        if num_values < 2:
+            raise ValueError(f"num_values must be at least 2, got {num_values}")
+        self.num_values = int(num_values)
+
+    def value_range(self) -> tuple[float, float]:
+        return (0.0, float(self.num_values - 1))
+
+    def check_support(self, x: torch.Tensor) -> None:
+        super().check_support(x)
+        top = self.num_values - 1
+        if not ((x >= 0) & (x <= top) & (x == x.round())).all():
+            self._fail(f"values are not integers in 0..{top}", x, _8BIT_FIX)
+
+
+class CategoricalLikelihood(_IntegerLevels):
+    """A free categorical distribution over the ``num_values`` intensity levels per pixel.
+
+    Parameters
+    ----------
+    event_shape
+        Shape of one datapoint.
+    num_values
+        Number of intensity levels (256 for 8-bit images).
+
+    References
+    ----------
+    van den Oord, Kalchbrenner & Kavukcuoglu (2016), "Pixel Recurrent Neural
+    Networks", ICML (the 256-way softmax per pixel).
+    """
+
+    name = "categorical"
+
+    def __init__(self, event_shape: Sequence[int], num_values: int = 256) -> None:
+        super().__init__(event_shape, num_values)
+        self.params_per_feature = self.num_values
+
+    def distribution(self, params: torch.Tensor) -> dist.Distribution:
+        return dist.Categorical(logits=params, validate_args=False)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """Expected intensity Σ_k k p_k (a categorical has no mean of its own)."""
+        levels = torch.arange(self.num_values, dtype=params.dtype, device=params.device)
+        return params.softmax(-1) @ levels
+
+
+class DiscretizedLogisticLikelihood(_IntegerLevels):
+    """A logistic per pixel discretised onto the intensity levels (PixelCNN++, one component).
+
+    The decoder outputs a location on the rescaled axis [-1, 1] and a log-scale per
+    pixel; the log-scale is clamped below at ``min_log_scale`` as in PixelCNN++,
+    which keeps the density finite once a pixel's mass sits in a single bin.
+
+    Parameters
+    ----------
+    event_shape
+        Shape of one datapoint.
+    num_values
+        Number of intensity levels (256 for 8-bit images).
+    min_log_scale
+        Lower clamp of the log-scale.
+
+    References
+    ----------
+    Salimans, Karpathy, Chen & Kingma (2017), "PixelCNN++: Improving the PixelCNN with
+    Discretized Logistic Mixture Likelihood and Other Modifications", ICLR.
+    """
+
+    name = "discretized_logistic"
+    params_per_feature = 2
+
+    def __init__(
+        self, event_shape: Sequence[int], num_values: int = 256, min_log_scale: float = -7.0
+    ) -> None:
+        super().__init__(event_shape, num_values)
+        self.min_log_scale = float(min_log_scale)
+
+    def distribution(self, params: torch.Tensor) -> dist.Distribution:
+        loc, log_scale = params.unbind(-1)
+        scale = log_scale.clamp(min=self.min_log_scale).exp()
+        return DiscretizedLogistic(loc, scale, self.num_values, validate_args=False)
+
+
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     "bernoulli": BernoulliLikelihood,
     "binomial": BinomialLikelihood,
+    "continuous_bernoulli": ContinuousBernoulliLikelihood,
+    "gaussian": GaussianLikelihood,
+    "poisson": PoissonLikelihood,
+    "categorical": CategoricalLikelihood,
+    "discretized_logistic": DiscretizedLogisticLikelihood,
 }
 
 
