@@ -7,35 +7,87 @@ import pyro
 # PyTorch-style training).
 pyro.settings.set(module_local_params=True)
 
-from ppvae.models.guides import GUIDES, DiagonalNormalGuide, Guide, make_guide  # noqa: E402
+from ppvae.models.distributions import DiscretizedLogistic  # noqa: E402
+from ppvae.models.flows import FlowGuide, IAFGuide, SplineFlowGuide  # noqa: E402
+from ppvae.models.guides import (  # noqa: E402
+    GUIDES,
+    DiagonalNormalGuide,
+    FullRankNormalGuide,
+    Guide,
+    LowRankNormalGuide,
+    make_guide,
+)
+from ppvae.models.hierarchical import TwoLayerVAE  # noqa: E402
 from ppvae.models.likelihoods import (  # noqa: E402
     LIKELIHOODS,
     BernoulliLikelihood,
     BinomialLikelihood,
+    CategoricalLikelihood,
+    ContinuousBernoulliLikelihood,
+    DiscretizedLogisticLikelihood,
+    GaussianLikelihood,
     Likelihood,
+    PoissonLikelihood,
     make_likelihood,
 )
+from ppvae.models.linear_gaussian import (  # noqa: E402
+    LinearGaussianModel,
+    LinearGuide,
+    PosteriorGuide,
+    ppca_max_log_likelihood,
+)
 from ppvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: E402
-from ppvae.models.priors import PRIORS, Prior, StandardNormal, make_prior  # noqa: E402
+from ppvae.models.priors import (  # noqa: E402
+    PRIORS,
+    ARDPrior,
+    LearnedNormal,
+    MixtureOfGaussians,
+    Prior,
+    StandardNormal,
+    StudentTPrior,
+    VampPrior,
+    make_prior,
+)
 from ppvae.models.vae import VAE  # noqa: E402
 
 __all__ = [
     "VAE",
+    "TwoLayerVAE",
     "Prior",
     "StandardNormal",
+    "LearnedNormal",
+    "MixtureOfGaussians",
+    "VampPrior",
+    "StudentTPrior",
+    "ARDPrior",
     "PRIORS",
     "make_prior",
     "Likelihood",
     "BernoulliLikelihood",
     "BinomialLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "GaussianLikelihood",
+    "PoissonLikelihood",
+    "CategoricalLikelihood",
+    "DiscretizedLogisticLikelihood",
+    "DiscretizedLogistic",
     "LIKELIHOODS",
     "make_likelihood",
     "Guide",
     "DiagonalNormalGuide",
+    "LowRankNormalGuide",
+    "FullRankNormalGuide",
+    "FlowGuide",
+    "IAFGuide",
+    "SplineFlowGuide",
     "GUIDES",
     "make_guide",
     "MLPEncoder",
     "MLPDecoder",
     "ConvEncoder",
     "ConvDecoder",
+    "LinearGaussianModel",
+    "PosteriorGuide",
+    "LinearGuide",
+    "ppca_max_log_likelihood",
 ]

@@ -4,6 +4,11 @@ Every guide owns an encoder (a deterministic network from :mod:`ppvae.models.net
 and a linear head that maps its features to the parameters of the distribution it
 returns. ``forward(x, y=None)`` returns a ``pyro.distributions`` object with batch
 shape ``x.shape[:-len(event_shape)]`` and event shape ``(latent_dim,)``.
+
+This module holds the Gaussian guides (diagonal, low-rank, full-rank covariance)
+and the registry; the normalising-flow guides live in :mod:`ppvae.models.flows`,
+which registers them in :data:`GUIDES` when it is imported (this module imports it
+at its end, so the registry is always complete).
 """
 
 from __future__ import annotations
@@ -14,7 +19,14 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["Guide", "DiagonalNormalGuide", "GUIDES", "make_guide"]
+__all__ = [
+    "Guide",
+    "DiagonalNormalGuide",
+    "LowRankNormalGuide",
+    "FullRankNormalGuide",
+    "GUIDES",
+    "make_guide",
+]
 
 _MIN_SCALE = 1e-5
 
@@ -35,6 +47,8 @@ class Guide(PyroModule):
 
     def __init__(self, encoder: nn.Module, latent_dim: int) -> None:
         super().__init__()
+        if int(latent_dim) < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
         self.encoder = encoder
         self.latent_dim = int(latent_dim)
 
@@ -68,7 +82,84 @@ class DiagonalNormalGuide(Guide):
         return dist.Normal(loc, scale, validate_args=False).to_event(1)
 
 
-GUIDES: dict[str, type[Guide]] = {"diagonal": DiagonalNormalGuide}
+class LowRankNormalGuide(Guide):
+    """Gaussian q(z | x) = N(μ(x), S (I + V Vᵀ) S) with S = diag σ(x) and V of rank ``rank``.
+
+    This is the diagonal-plus-low-rank family D + F Fᵀ (with D = S², F = S V), which
+    captures the leading posterior correlations at a cost linear in ``latent_dim``.
+    Emitting V rather than F keeps the capacitance matrix I + Vᵀ V that
+    :class:`~pyro.distributions.LowRankMultivariateNormal` factorises well conditioned
+    however small σ(x) gets (with F the matrix is I + Fᵀ D⁻¹ F, whose Cholesky
+    factorisation fails in single precision once σ(x) is tiny).
+
+    Parameters
+    ----------
+    encoder
+        Feature network.
+    latent_dim
+        Size of the latent vector.
+    rank
+        Number of columns of the covariance factor.
+
+    References
+    ----------
+    Rezende, Mohamed & Wierstra (2014), "Stochastic Backpropagation and Approximate
+    Inference in Deep Generative Models", ICML (rank-one plus diagonal covariance).
+    Ong, Nott & Smith (2018), "Gaussian Variational Approximation With a Factor
+    Covariance Structure", Journal of Computational and Graphical Statistics.
+    """
+
+    def __init__(self, encoder: nn.Module, latent_dim: int, rank: int = 2) -> None:
+        super().__init__(encoder, latent_dim)
+        if int(rank) < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank}")
+        self.rank = int(rank)
+        self.head = nn.Linear(encoder.out_features, (2 + self.rank) * self.latent_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        d = self.latent_dim
+        out = self.head(self.encoder(x, y))
+        loc, raw_scale, v = out.split([d, d, d * self.rank], dim=-1)
+        scale = F.softplus(raw_scale) + _MIN_SCALE
+        cov_factor = scale.unsqueeze(-1) * v.reshape(*v.shape[:-1], d, self.rank)
+        return dist.LowRankMultivariateNormal(loc, cov_factor, scale**2, validate_args=False)
+
+
+class FullRankNormalGuide(Guide):
+    """Gaussian q(z | x) = N(μ(x), L(x) L(x)ᵀ) with a full lower-triangular Cholesky factor.
+
+    The head emits ``latent_dim (latent_dim + 1) / 2`` entries of L; the diagonal goes
+    through a softplus so that L is a valid Cholesky factor.
+
+    References
+    ----------
+    Titsias & Lázaro-Gredilla (2014), "Doubly Stochastic Variational Bayes for
+    non-Conjugate Inference", ICML (Cholesky-factor reparameterisation).
+    """
+
+    def __init__(self, encoder: nn.Module, latent_dim: int) -> None:
+        super().__init__(encoder, latent_dim)
+        d = self.latent_dim
+        rows, cols = torch.tril_indices(d, d)
+        self.register_buffer("_rows", rows, persistent=False)
+        self.register_buffer("_cols", cols, persistent=False)
+        self.head = nn.Linear(encoder.out_features, d + d * (d + 1) // 2)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        d = self.latent_dim
+        loc, entries = self.head(self.encoder(x, y)).split([d, d * (d + 1) // 2], dim=-1)
+        tril = loc.new_zeros(*loc.shape[:-1], d, d)
+        tril[..., self._rows, self._cols] = entries
+        diag = F.softplus(tril.diagonal(dim1=-2, dim2=-1)) + _MIN_SCALE
+        scale_tril = tril.tril(-1) + torch.diag_embed(diag)
+        return dist.MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
+
+
+GUIDES: dict[str, type[Guide]] = {
+    "diagonal": DiagonalNormalGuide,
+    "lowrank": LowRankNormalGuide,
+    "fullrank": FullRankNormalGuide,
+}
 
 
 def make_guide(guide: str | nn.Module, encoder: nn.Module, latent_dim: int, **kwargs) -> nn.Module:
@@ -83,3 +174,8 @@ def make_guide(guide: str | nn.Module, encoder: nn.Module, latent_dim: int, **kw
             "or pass a ppvae.models.Guide instance"
         ) from None
     return cls(encoder, latent_dim, **kwargs)
+
+
+# Registers the flow guides. A plain ``import`` (not ``from ... import``) tolerates the
+# partially initialised module when ``flows`` is the one imported first.
+import ppvae.models.flows  # noqa: E402, F401

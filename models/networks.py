@@ -72,6 +72,9 @@ class MLPEncoder(nn.Module):
         Name from :data:`ACTIVATIONS` or a module factory.
     num_labels
         When set, one-hot labels are concatenated to the flattened input.
+    input_scale
+        Multiplies the input first, so that counts (0..16, 0..255) reach the first
+        layer on a unit scale instead of saturating it.
     """
 
     def __init__(
@@ -80,10 +83,12 @@ class MLPEncoder(nn.Module):
         hidden: Sequence[int] = (400, 400),
         activation: str | Callable[[], nn.Module] = "relu",
         num_labels: int | None = None,
+        input_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if not hidden:
             raise ValueError("MLPEncoder needs at least one hidden layer width")
+        self.input_scale = float(input_scale)
         self.in_shape = tuple(in_shape)
         self.in_features = math.prod(self.in_shape)
         self.out_features = int(hidden[-1])
@@ -94,6 +99,8 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = x.reshape(*x.shape[: x.dim() - len(self.in_shape)], self.in_features)
+        if self.input_scale != 1.0:
+            h = h * self.input_scale
         return self.net(_with_labels(h, y))
 
 
@@ -135,7 +142,8 @@ class MLPDecoder(nn.Module):
 class ConvEncoder(nn.Module):
     """Small convolutional encoder for 28×28 single- or multi-channel images.
 
-    Two stride-2 convolutions (28 → 14 → 7) and a dense layer.
+    Two stride-2 convolutions (28 → 14 → 7) and a dense layer; ``input_scale`` as
+    for :class:`MLPEncoder`.
     """
 
     def __init__(
@@ -145,8 +153,10 @@ class ConvEncoder(nn.Module):
         out_features: int = 256,
         activation: str | Callable[[], nn.Module] = "relu",
         num_labels: int | None = None,
+        input_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        self.input_scale = float(input_scale)
         self.in_shape = tuple(in_shape)
         if len(self.in_shape) != 3 or self.in_shape[1:] != (28, 28):
             raise ValueError(
@@ -167,6 +177,8 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         batch = x.shape[: x.dim() - 3]
+        if self.input_scale != 1.0:
+            x = x * self.input_scale
         h = self.conv(x.reshape(-1, *self.in_shape))
         h = h.reshape(*batch, h.shape[-1])
         return self.dense(_with_labels(h, y))

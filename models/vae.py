@@ -11,6 +11,7 @@ outside the plate) are counted once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +40,13 @@ def _lookup(table: dict[str, Any], key: str, what: str) -> Any:
         raise ValueError(
             f"unknown {what} {key!r}: choose one of {sorted(table)} or pass a torch.nn.Module"
         ) from None
+
+
+def _input_scale(likelihood: nn.Module) -> float:
+    """1 / the largest data value for bounded data above 1 (counts, 8-bit levels), else 1."""
+    value_range = getattr(likelihood, "value_range", None)
+    high = value_range()[1] if value_range is not None else math.inf
+    return 1.0 / high if math.isfinite(high) and high > 1 else 1.0
 
 
 class VAE(PyroModule):
@@ -119,7 +127,13 @@ class VAE(PyroModule):
         if isinstance(encoder, str):
             cls = _lookup(ENCODERS, encoder, "encoder")
             kw = {"hidden": tuple(hidden)} if cls is MLPEncoder else {}
-            encoder = cls(self.event_shape, activation=activation, num_labels=num_labels, **kw)
+            encoder = cls(
+                self.event_shape,
+                activation=activation,
+                num_labels=num_labels,
+                input_scale=_input_scale(self.likelihood),
+                **kw,
+            )
         if isinstance(decoder, str):
             cls = _lookup(DECODERS, decoder, "decoder")
             kw = {"hidden": tuple(reversed(hidden))} if cls is MLPDecoder else {}
@@ -211,7 +225,12 @@ class VAE(PyroModule):
             y = torch.arange(n, device=device) % self.num_labels
         elif isinstance(y, int):
             y = torch.full((n,), y, device=device, dtype=torch.long)
-        return F.one_hot(y.long().to(device), self.num_labels).float()
+        y = torch.as_tensor(y, device=device).long()
+        if y.numel() and (y.min() < 0 or y.max() >= self.num_labels):
+            raise ValueError(
+                f"labels must lie in 0..{self.num_labels - 1}, got {int(y.min())}..{int(y.max())}"
+            )
+        return F.one_hot(y, self.num_labels).float()
 
     def _device(self) -> torch.device:
         for p in self.parameters():
@@ -221,7 +240,7 @@ class VAE(PyroModule):
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: int | torch.Tensor | None = None) -> torch.Tensor:
         """Mean of p(x | z) for a batch of latents ``(..., latent_dim)``."""
-        y1h = self._labels_for(z.shape[0], y) if self.num_labels else None
+        y1h = self._labels_for(z.shape[0], y)
         params = self.decoder(z, y1h)
         mean = getattr(self.likelihood, "mean", None)
         return mean(params) if mean is not None else self.likelihood(params).mean
