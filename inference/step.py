@@ -1,0 +1,169 @@
+"""One optimisation step and one evaluation, usable without the training loop; the objective
+and optimizer they use."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+from ppvae.data import BatchLoader
+
+__all__ = [
+    "StepInfo",
+    "TrainingDivergedError",
+    "train_step",
+    "evaluate",
+    "make_elbo",
+    "make_optimizer",
+    "OPTIMIZERS",
+]
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+}
+_JIT_REFUSAL = (
+    "elbo={!r} cannot train ppvae models: Pyro's JIT objectives compile with "
+    "pyro.ops.jit.trace, which fetches every parameter by name from Pyro's global param store, "
+    "but ppvae keeps parameters in their modules (module_local_params=True) and trains them "
+    "with torch.optim, so the lookup fails (and parameters of plain torch submodules would be "
+    "frozen into the trace as constants); use elbo='trace' or elbo='meanfield'"
+)
+
+
+def make_elbo(elbo: str | Any, num_particles: int = 1) -> Any:
+    """The objective for ``elbo``: ``"trace"``, ``"meanfield"``, ``"iwae"`` or an ELBO object.
+
+    ``"trace"`` is ``Trace_ELBO`` and ``"meanfield"`` ``TraceMeanField_ELBO`` (the KL in
+    closed form where Pyro has it), both averaging ``num_particles`` vectorised particles;
+    ``"iwae"`` is the importance-weighted bound with ``num_particles`` samples per datapoint
+    (Burda, Grosse & Salakhutdinov 2016, "Importance Weighted Autoencoders").
+    """
+    if not isinstance(elbo, str):
+        if not hasattr(elbo, "differentiable_loss"):
+            raise ValueError(f"elbo must be a name or have differentiable_loss(), got {elbo!r}")
+        return elbo
+    kw = {"num_particles": num_particles, "vectorize_particles": True, "max_plate_nesting": 1}
+    if elbo == "trace":
+        return Trace_ELBO(**kw)
+    if elbo == "meanfield":
+        return TraceMeanField_ELBO(**kw)
+    if elbo == "iwae":
+        from ppvae.inference.objectives import IWAE_ELBO  # optional until that module exists
+
+        return IWAE_ELBO(num_particles)
+    if elbo in ("jit_trace", "jit_meanfield"):
+        raise ValueError(_JIT_REFUSAL.format(elbo))
+    raise ValueError(f"unknown elbo {elbo!r}: use 'trace', 'meanfield' or 'iwae'")
+
+
+def make_optimizer(
+    optimizer: str | Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+    params: list[torch.Tensor],
+    lr: float,
+) -> torch.optim.Optimizer:
+    """A ``torch.optim`` optimizer by name (see :data:`OPTIMIZERS`) or from ``params -> opt``."""
+    if callable(optimizer):
+        return optimizer(params)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}: use one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[optimizer](params, lr=lr)
+
+
+class StepInfo(NamedTuple):
+    """What one :func:`train_step` measured.
+
+    Attributes
+    ----------
+    loss
+        The loss before the update (a Python float; NaN or ±inf when the step was skipped).
+    grad_norm
+        Total gradient norm before clipping, as a 0-d tensor (reading it with ``float()``
+        synchronises with the device), or ``None`` when no clipping was requested or the
+        step was skipped.
+    """
+
+    loss: float
+    grad_norm: torch.Tensor | None
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; ``epoch`` and ``step`` are numbered from 1."""
+
+    def __init__(self, message: str, *, epoch: int, step: int, loss: float) -> None:
+        super().__init__(message)
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+def train_step(
+    loss_fn: Callable[..., torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.Tensor],
+    *args: Any,
+    clip_norm: float | None = None,
+    **kwargs: Any,
+) -> StepInfo:
+    """Compute ``loss_fn(*args, **kwargs)``, backpropagate and update ``params``.
+
+    A non-finite loss skips the update, so the parameters keep their last finite values;
+    the caller decides what to do (``fit`` raises :class:`TrainingDivergedError`).
+
+    Parameters
+    ----------
+    loss_fn
+        Returns a differentiable scalar, e.g.
+        ``functools.partial(Trace_ELBO().differentiable_loss, model, guide)``.
+    optimizer
+        A ``torch.optim`` optimizer over ``params``.
+    params
+        The trained tensors (a list, built once, not a generator), needed for clipping.
+    clip_norm
+        Clip the total gradient norm to this value.
+
+    Returns
+    -------
+    StepInfo
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(*args, **kwargs)
+    # The single host synchronisation of the step: it serves the divergence check and the
+    # running average alike.
+    value = loss.item()
+    if not math.isfinite(value):
+        return StepInfo(value, None)
+    loss.backward()
+    grad_norm = None
+    if clip_norm is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    optimizer.step()
+    return StepInfo(value, grad_norm)
+
+
+@torch.no_grad()
+def evaluate(
+    objective: Any,
+    vae: Any,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    batch_size: int = 1024,
+) -> float:
+    """The objective's bound per datapoint on ``x`` (the ELBO for Pyro's ELBOs), no gradients.
+
+    The data go through in unshuffled minibatches, each passed with ``num_data=len(x)`` so
+    that sites outside the data plate are counted once. ``vae`` is put in eval mode.
+    """
+    if hasattr(vae, "eval"):
+        vae.eval()
+    total, n = 0.0, len(x)
+    for xb, yb in BatchLoader(x, y, batch_size=batch_size, shuffle=False, seed=0):
+        args = (xb,) if yb is None else (xb, yb)
+        # Each minibatch loss estimates the full-set loss (the plate scales by n / len(xb)).
+        total += float(objective.loss(vae.model, vae.guide, *args, num_data=n)) * len(xb)
+    return -total / n / n
