@@ -7,11 +7,27 @@ The public API is a short curated list; everything else lives in the submodules
 from importlib.metadata import PackageNotFoundError, version
 
 from ppvae.data import BatchLoader, Dataset, load_dataset
-from ppvae.models import VAE
+from ppvae.inference.checkpoint import load, save
+from ppvae.inference.history import History
+from ppvae.inference.step import TrainingDivergedError
+from ppvae.inference.train import fit
+from ppvae.models import VAE, TwoLayerVAE
 
 try:
     __version__ = version("ppvae")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["__version__", "load_dataset", "Dataset", "BatchLoader", "VAE"]
+__all__ = [
+    "__version__",
+    "load_dataset",
+    "Dataset",
+    "BatchLoader",
+    "VAE",
+    "TwoLayerVAE",
+    "fit",
+    "History",
+    "TrainingDivergedError",
+    "save",
+    "load",
+]
