@@ -1,0 +1,384 @@
+"""From Pyro traces to per-datapoint importance log-weights.
+
+For a model p(x, z) and a guide q(z | x) whose local latent sites sit inside
+``pyro.plate("data", ...)`` over the leading dimension of x, the importance log-weight
+of particle k for datapoint n is
+
+    log w_nk = log p(x_n, z_nk) − log q(z_nk | x_n).
+
+This module draws K particles at once in a vectorised particle plate to the left of
+the model's plates, replays the model on the guide's draws and splits every site's
+log-density into a *local* part (inside the data plate: one term per datapoint) and a
+*global* part (outside it: one term per particle). Both the importance-sampled
+log-likelihood (:mod:`ppvae.inference.importance`) and the importance-weighted
+objective (:mod:`ppvae.inference.objectives`) are built from these pieces.
+
+Only the traces are read, so any Pyro model/guide pair with that plate layout works,
+not only ppvae's ``VAE``. Log-densities are taken *unscaled*: a plate that subsamples a
+minibatch scales its sites by N/B, which must not leak into per-datapoint weights.
+
+References
+----------
+Burda, Grosse & Salakhutdinov (2016), "Importance Weighted Autoencoders", ICLR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+
+__all__ = [
+    "SiteLogProbs",
+    "SharedGlobals",
+    "particle_plate",
+    "trace_guide",
+    "replay",
+    "trace_model_and_guide",
+    "checked_traces",
+    "site_log_probs",
+    "per_datapoint_log_weights",
+]
+
+PARTICLE_PLATE = "_particles"
+
+
+def _data_frame(site: dict[str, Any], data_plate: str) -> Any:
+    for frame in site["cond_indep_stack"]:
+        if frame.name == data_plate:
+            return frame
+    return None
+
+
+def _is_latent(site: dict[str, Any]) -> bool:
+    return site["type"] == "sample" and not site["is_observed"]
+
+
+class SharedGlobals(Messenger):
+    """Draw every latent site outside the data plate once, shared by all particles.
+
+    Used around a guide wrapped in a particle plate: a global site (e.g. an ARD
+    precision) then takes one value, kept with a particle dimension of size 1, so that
+    all K local particles are drawn given the same global value.
+    """
+
+    def __init__(self, data_plate: str, max_plate_nesting: int) -> None:
+        super().__init__()
+        self.data_plate, self.max_plate_nesting = data_plate, max_plate_nesting
+
+    def _pyro_sample(self, msg: Any) -> None:
+        if msg["is_observed"] or msg["done"] or site_is_subsample(msg):
+            return
+        if _data_frame(msg, self.data_plate) is not None:
+            return
+        fn = msg["fn"]
+        # This messenger sits outside the plates, so fn is already expanded over them.
+        value = fn.rsample() if fn.has_rsample else fn.sample()
+        particle_dim = len(fn.batch_shape) - (self.max_plate_nesting + 1)
+        msg["value"] = value.narrow(particle_dim, 0, 1)
+        msg["done"] = True
+
+
+def particle_plate(num_particles: int, max_plate_nesting: int = 1) -> pyro.plate:
+    """The vectorised particle plate, left of the model's ``max_plate_nesting`` plates."""
+    if int(num_particles) < 1:
+        raise ValueError(f"the number of particles must be at least 1, got {num_particles}")
+    return pyro.plate(PARTICLE_PLATE, int(num_particles), dim=-(max_plate_nesting + 1))
+
+
+def trace_guide(
+    guide: Callable,
+    args: tuple,
+    kwargs: dict[str, Any],
+    num_particles: int,
+    *,
+    data_plate: str = "data",
+    max_plate_nesting: int = 1,
+    share_globals: bool = False,
+) -> poutine.Trace:
+    """Trace the guide with ``num_particles`` vectorised particles (subsample sites kept).
+
+    With ``share_globals`` the guide's global latent sites are drawn once
+    (:class:`SharedGlobals`) instead of once per particle.
+    """
+    fn = particle_plate(num_particles, max_plate_nesting)(guide)
+    if share_globals:
+        fn = SharedGlobals(data_plate, max_plate_nesting)(fn)
+    return poutine.trace(fn).get_trace(*args, **kwargs)
+
+
+def replay(
+    fn: Callable,
+    trace: poutine.Trace,
+    args: tuple,
+    kwargs: dict[str, Any],
+    num_particles: int,
+    *,
+    max_plate_nesting: int = 1,
+) -> poutine.Trace:
+    """Trace ``fn`` in the particle plate with its sample sites replayed from ``trace``."""
+    fn = particle_plate(num_particles, max_plate_nesting)(fn)
+    return poutine.trace(poutine.replay(fn, trace=trace)).get_trace(*args, **kwargs)
+
+
+def trace_model_and_guide(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict[str, Any],
+    num_particles: int,
+    *,
+    data_plate: str = "data",
+    max_plate_nesting: int = 1,
+    share_globals: bool = False,
+) -> tuple[poutine.Trace, poutine.Trace]:
+    """Trace the guide with ``num_particles`` vectorised particles and replay the model.
+
+    Returns the model and guide traces from :func:`checked_traces` (subsample sites
+    pruned, sites checked). ``share_globals`` as in :func:`trace_guide`.
+    """
+    opts = {"max_plate_nesting": max_plate_nesting}
+    guide_trace = trace_guide(
+        guide,
+        args,
+        kwargs,
+        num_particles,
+        data_plate=data_plate,
+        share_globals=share_globals,
+        **opts,
+    )
+    model_trace = replay(model, guide_trace, args, kwargs, num_particles, **opts)
+    return checked_traces(model_trace, guide_trace, data_plate)
+
+
+def checked_traces(
+    model_trace: poutine.Trace, guide_trace: poutine.Trace, data_plate: str = "data"
+) -> tuple[poutine.Trace, poutine.Trace]:
+    """Prune subsample sites and check that model and guide draw the same latent sites.
+
+    Raises ``ValueError`` when a latent site of the model is not drawn by the guide (or
+    the other way round), when the two disagree on whether a site is local, or when
+    the model has no site in a plate named ``data_plate``.
+    """
+    model_trace = prune_subsample_sites(model_trace)
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_sites = [s for s in model_trace.nodes.values() if s["type"] == "sample"]
+    if not any(_data_frame(s, data_plate) is not None for s in model_sites):
+        raise ValueError(
+            f"the model has no sample site inside a plate named {data_plate!r}: the model "
+            f"must put its local latent sites and observations in pyro.plate({data_plate!r}, "
+            "len(x), dim=-1) over the leading dimension of x (sites found: "
+            f"{[s['name'] for s in model_sites]})"
+        )
+    model_latent = {s["name"]: s for s in model_sites if _is_latent(s)}
+    guide_latent = {n: s for n, s in guide_trace.nodes.items() if _is_latent(s)}
+    missing = sorted(set(model_latent) - set(guide_latent))
+    if missing:
+        raise ValueError(
+            f"latent site(s) {missing} of the model are not sampled by the guide: the guide "
+            "must draw every latent site of the model (the importance weights would "
+            "otherwise use the prior as proposal for them without accounting for it)"
+        )
+    extra = sorted(set(guide_latent) - set(model_latent))
+    if extra:
+        raise ValueError(
+            f"guide site(s) {extra} are not latent sites of the model: every latent site "
+            "of the guide must be a latent site of the model with the same name"
+        )
+    for name, site in model_latent.items():
+        in_model = _data_frame(site, data_plate) is not None
+        in_guide = _data_frame(guide_latent[name], data_plate) is not None
+        if in_model != in_guide:
+            where = "inside" if in_model else "outside"
+            raise ValueError(
+                f"site {name!r} is {where} pyro.plate({data_plate!r}) in the model but not "
+                "in the guide: model and guide must draw it in the same plates"
+            )
+    return model_trace, guide_trace
+
+
+def _mask(lp: torch.Tensor, mask: Any) -> torch.Tensor:
+    if mask is None or mask is True:
+        return lp
+    if mask is False:
+        return torch.zeros_like(lp)
+    return torch.where(mask, lp, lp.new_zeros(()))
+
+
+@dataclass
+class SiteLogProbs:
+    """A trace's log-densities split into per-datapoint and per-particle parts.
+
+    Attributes
+    ----------
+    local
+        Sum over the sites inside the data plate, broadcastable to ``(K, B)``
+        (particles, data), unscaled; ``None`` when there are no such sites.
+    glob
+        Sum over the sites outside the data plate, shape ``(K',)`` with ``K'`` = K or 1
+        (1 when the sites were shared by all particles); ``None`` when there are none.
+    local_sites, global_sites
+        The names of the sites in each part (latent and observed).
+    local_scales
+        The distinct values of the sites' ``scale`` inside the data plate (N/B under a
+        subsampling plate, times any ``poutine.scale``).
+    """
+
+    local: torch.Tensor | None
+    glob: torch.Tensor | None
+    local_sites: tuple[str, ...]
+    global_sites: tuple[str, ...]
+    local_scales: frozenset[float]
+
+
+def site_log_probs(
+    trace: poutine.Trace,
+    *,
+    data_plate: str = "data",
+    max_plate_nesting: int = 1,
+    latent_only: bool = False,
+    scale_globals: bool = False,
+) -> SiteLogProbs:
+    """Sum a trace's site log-densities over every dim but the particle and data dims.
+
+    Parameters
+    ----------
+    trace
+        A trace from :func:`trace_model_and_guide` (particle plate at
+        ``dim=-(max_plate_nesting + 1)``).
+    latent_only
+        Skip observed sites (used for the guide, where they are not part of q).
+    scale_globals
+        Apply the sites' ``scale`` to the global part (the objective does, to match
+        Pyro's ELBOs; the log-likelihood does not). Masks are always applied.
+    """
+    rank = max_plate_nesting + 1
+
+    def keep(name: str, site: dict[str, Any]) -> bool:
+        return site["type"] == "sample" and not (latent_only and site["is_observed"])
+
+    trace.compute_log_prob(site_filter=keep)
+    local = glob = None
+    local_sites: list[str] = []
+    global_sites: list[str] = []
+    scales: set[float] = set()
+    for name, site in trace.nodes.items():
+        if not keep(name, site):
+            continue
+        lp = _mask(site["unscaled_log_prob"], site["mask"])
+        if lp.dim() > rank:
+            raise ValueError(
+                f"site {name!r} has log-density shape {tuple(lp.shape)}, with more batch dims "
+                f"than max_plate_nesting + 1 = {rank}: declare event dims with .to_event() "
+                "or raise max_plate_nesting"
+            )
+        lp = lp.reshape((1,) * (rank - lp.dim()) + tuple(lp.shape))
+        frame = _data_frame(site, data_plate)
+        if frame is None:
+            if scale_globals:
+                lp = lp * site["scale"]
+            term = lp.reshape(lp.shape[0], -1).sum(-1)
+            glob = term if glob is None else glob + term
+            global_sites.append(name)
+            continue
+        if frame.dim is None or not -max_plate_nesting <= frame.dim < 0:
+            raise ValueError(
+                f"pyro.plate({data_plate!r}) must be vectorised with a dim in "
+                f"-{max_plate_nesting}..-1 (got dim={frame.dim}); pass dim=-1 to the plate "
+                "or raise max_plate_nesting"
+            )
+        others = [d for d in range(-max_plate_nesting, 0) if d != frame.dim]
+        if others:
+            lp = lp.sum(others, keepdim=True)
+        term = lp.reshape(lp.shape[0], -1)
+        local = term if local is None else local + term
+        local_sites.append(name)
+        scales.add(float(site["scale"]))
+    return SiteLogProbs(local, glob, tuple(local_sites), tuple(global_sites), frozenset(scales))
+
+
+def _data_size(trace: poutine.Trace, data_plate: str) -> int:
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            frame = _data_frame(site, data_plate)
+            if frame is not None:
+                return int(frame.size)
+    raise AssertionError("unreachable: traces are checked for a data plate")
+
+
+def per_datapoint_log_weights(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict[str, Any],
+    num_particles: int,
+    *,
+    data_plate: str = "data",
+    max_plate_nesting: int = 1,
+    global_sites: Literal["marginal", "error"] = "marginal",
+) -> torch.Tensor:
+    """Importance log-weights log p(x_n, z_nk) − log q(z_nk | x_n), shape ``(K, B)``.
+
+    Parameters
+    ----------
+    model, guide
+        Pyro programs called as ``model(*args, **kwargs)``; their local sites must sit in
+        ``pyro.plate(data_plate, ..., dim=-1)`` over the leading dimension of the data.
+    num_particles
+        K, the number of particles drawn at once.
+    max_plate_nesting
+        The number of plates the model nests; the particle plate goes left of them.
+    global_sites
+        What to do with latent sites outside the data plate (global θ, e.g. an ARD
+        precision). ``"marginal"``: each particle draws its own θ_k ~ q(θ), and
+        log p(θ_k) − log q(θ_k) is added to every datapoint's weight, so that
+
+            w_nk = p(θ_k) p(x_n, z_nk | θ_k) / (q(θ_k) q(z_nk | x_n, θ_k))
+
+        has expectation ∫ p(θ) p(x_n | θ) dθ = p(x_n): each datapoint's estimate is
+        an unbiased importance-sampling estimate of its marginal likelihood under the
+        prior over θ. (The datapoints share the draws θ_k, so their estimates are
+        correlated; the sum over datapoints is not an estimate of the joint
+        log p(x_1..N), which couples the datapoints through θ.) ``"error"``: raise a
+        ``ValueError`` naming the global sites.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(K, B)``, in the model's dtype, on the data's device.
+    """
+    if global_sites not in ("marginal", "error"):
+        raise ValueError(f"global_sites must be 'marginal' or 'error', got {global_sites!r}")
+    model_trace, guide_trace = trace_model_and_guide(
+        model,
+        guide,
+        args,
+        kwargs,
+        num_particles,
+        data_plate=data_plate,
+        max_plate_nesting=max_plate_nesting,
+    )
+    opts = {"data_plate": data_plate, "max_plate_nesting": max_plate_nesting}
+    p = site_log_probs(model_trace, **opts)
+    q = site_log_probs(guide_trace, latent_only=True, **opts)
+    if q.global_sites and global_sites == "error":
+        raise ValueError(
+            f"the guide has latent site(s) {list(q.global_sites)} outside "
+            f"pyro.plate({data_plate!r}) (global sites), and global_sites='error'; use "
+            "global_sites='marginal' to estimate each p(x_n) with θ integrated over its prior"
+        )
+    shape = (int(num_particles), _data_size(model_trace, data_plate))
+    assert p.local is not None  # the model has a site in the data plate (checked)
+    lw = p.local.new_zeros(shape)
+    for part, sign in ((p, 1.0), (q, -1.0)):
+        if part.local is not None:
+            lw = lw + sign * part.local
+        if part.glob is not None:
+            lw = lw + sign * part.glob.unsqueeze(-1)
+    return lw
