@@ -9,6 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from ppvae.data import BatchLoader, Dataset, load_dataset
 from ppvae.inference.checkpoint import load, save
 from ppvae.inference.history import History
+from ppvae.inference.importance import LogLikelihoodResult, log_likelihood
+from ppvae.inference.objectives import IWAE_ELBO
 from ppvae.inference.step import TrainingDivergedError
 from ppvae.inference.train import fit
 from ppvae.models import VAE, TwoLayerVAE
@@ -27,6 +29,9 @@ __all__ = [
     "TwoLayerVAE",
     "fit",
     "History",
+    "log_likelihood",
+    "LogLikelihoodResult",
+    "IWAE_ELBO",
     "TrainingDivergedError",
     "save",
     "load",
