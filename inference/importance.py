@@ -131,6 +131,12 @@ class LogLikelihoodResult:
     def __repr__(self) -> str:
         return f"LogLikelihoodResult({self.summary()})"
 
+    def to_inference_data(self, **kwargs: Any) -> Any:
+        """Export as ``arviz.InferenceData``: see ``ppvae.inference.diagnostics``."""
+        from ppvae.inference.diagnostics import to_inference_data
+
+        return to_inference_data(self, **kwargs)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary and per-datapoint lists (non-finite values become None).
 
@@ -219,7 +225,9 @@ def log_likelihood(
     progress: bool | None = None,
     device: str | torch.device | None = None,
     global_sites: Literal["marginal", "error"] = "marginal",
-    diagnostics: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None,
+    diagnostics: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    | Literal["psis"]
+    | None = "psis",
     data_plate: str = "data",
     max_plate_nesting: int = 1,
 ) -> LogLikelihoodResult:
@@ -255,7 +263,10 @@ def log_likelihood(
         Treatment of latent sites outside the data plate: see
         :func:`ppvae.inference.weights.per_datapoint_log_weights`.
     diagnostics
-        Called with each batch's ``(B, K)`` float64 log-weights; returns per-datapoint
+        ``"psis"`` (default): Pareto-smoothed importance sampling diagnostics from
+        :func:`ppvae.inference.diagnostics.psis_diagnostics` fill ``khat``, ``ess`` and
+        ``reliable`` (skipped when K < 2). ``None`` turns them off. A callable is called
+        with each batch's ``(B, K)`` float64 log-weights and returns per-datapoint
         ``(B,)`` tensors that are concatenated into the result (``khat``, ``ess``,
         ``reliable`` into those fields, other names into ``extras``), so that
         diagnostics need not keep all N × K weights.
@@ -287,6 +298,13 @@ def log_likelihood(
         check(x, y)
     if progress is None:
         progress = sys.stderr.isatty()
+    if isinstance(diagnostics, str):
+        if diagnostics != "psis":
+            raise ValueError(f"diagnostics must be 'psis', None or a callable, got {diagnostics!r}")
+        # Imported here so that ArviZ loads only when diagnostics are asked for.
+        from ppvae.inference.diagnostics import psis_diagnostics
+
+        diagnostics = psis_diagnostics if k >= 2 else None
 
     parts: dict[str, list[torch.Tensor]] = {"est": [], "se": [], "elbo": [], "lw": []}
     diag: dict[str, list[torch.Tensor]] = {}

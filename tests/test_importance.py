@@ -168,7 +168,9 @@ def test_seed_reproducible_and_leaves_global_rng_alone():
 def test_result_statistics_summary_and_dict():
     model, x, _ = _ppca(n=6)
     guide = PosteriorGuide(model, scale_factor=1.5, shift=0.3)
-    res = log_likelihood(model.model, guide.guide, x, num_samples=30, seed=1, device="cpu")
+    res = log_likelihood(
+        model.model, guide.guide, x, num_samples=30, seed=1, device="cpu", diagnostics=None
+    )
     pd, se = res.per_datapoint, res.mc_stderr_per_datapoint
     assert isinstance(res, LogLikelihoodResult) and len(res) == 6
     assert res.mean == pytest.approx(float(pd.mean()))
@@ -177,6 +179,10 @@ def test_result_statistics_summary_and_dict():
     assert res.elbo == pytest.approx(float(res.elbo_per_datapoint.mean()))
     assert res.gap == pytest.approx(res.mean - res.elbo) and res.gap > 0
     assert res.log_weights is None and res.khat is None and res.ess is None
+    default = log_likelihood(model.model, guide.guide, x, num_samples=30, seed=1)
+    assert torch.equal(default.per_datapoint, res.per_datapoint)
+    assert default.khat.shape == (6,) and default.reliable.dtype == torch.bool
+    assert "reliable" in default.summary()
     text = repr(res)
     assert f"log p(x) = {res.mean:.2f} ± {res.stderr:.2f} (data s.e.)" in text
     assert "K=30, N=6" in text and "ELBO" in text
