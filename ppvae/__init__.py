@@ -7,12 +7,18 @@ The public API is a short curated list; everything else lives in the submodules
 from importlib.metadata import PackageNotFoundError, version
 
 from ppvae.data import BatchLoader, Dataset, load_dataset
-from ppvae.inference.checkpoint import load, save
-from ppvae.inference.history import History
-from ppvae.inference.importance import LogLikelihoodResult, log_likelihood
-from ppvae.inference.objectives import IWAE_ELBO
-from ppvae.inference.step import TrainingDivergedError
-from ppvae.inference.train import fit
+from ppvae.inference import (
+    IWAE_ELBO,
+    History,
+    LogLikelihoodResult,
+    TrainingDivergedError,
+    compare,
+    fit,
+    khat_summary,
+    load,
+    log_likelihood,
+    save,
+)
 from ppvae.models import VAE, TwoLayerVAE
 
 try:
@@ -32,6 +38,8 @@ __all__ = [
     "log_likelihood",
     "LogLikelihoodResult",
     "IWAE_ELBO",
+    "compare",
+    "khat_summary",
     "TrainingDivergedError",
     "save",
     "load",
