@@ -22,9 +22,7 @@ from ppvae.models.likelihoods import (  # noqa: E402
     LIKELIHOODS,
     BernoulliLikelihood,
     BinomialLikelihood,
-    CategoricalLikelihood,
     ContinuousBernoulliLikelihood,
-    DiscretizedLogisticLikelihood,
     GaussianLikelihood,
     Likelihood,
     PoissonLikelihood,
@@ -37,6 +35,10 @@ from ppvae.models.linear_gaussian import (  # noqa: E402
     ppca_max_log_likelihood,
 )
 from ppvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: E402
+from ppvae.models.pixel_likelihoods import (  # noqa: E402
+    CategoricalLikelihood,
+    DiscretizedLogisticLikelihood,
+)
 from ppvae.models.priors import (  # noqa: E402
     PRIORS,
     ARDPrior,
@@ -45,10 +47,10 @@ from ppvae.models.priors import (  # noqa: E402
     Prior,
     StandardNormal,
     StudentTPrior,
-    VampPrior,
     make_prior,
 )
 from ppvae.models.vae import VAE  # noqa: E402
+from ppvae.models.vamp import VampPrior  # noqa: E402
 
 __all__ = [
     "VAE",

@@ -22,8 +22,9 @@ from pyro.poutine.util import site_is_subsample
 from ppvae.models.guides import GUIDES
 from ppvae.models.hierarchical import TwoLayerVAE
 from ppvae.models.likelihoods import LIKELIHOODS, make_likelihood
-from ppvae.models.priors import PRIORS, VampPrior
+from ppvae.models.priors import PRIORS
 from ppvae.models.vae import VAE
+from ppvae.models.vamp import VampPrior
 
 EVENT_SHAPE = (1, 3, 4)
 BATCH = 4

@@ -15,11 +15,11 @@ from torch.nn import functional as F
 from ppvae.models.distributions import DiscretizedLogistic
 from ppvae.models.likelihoods import (
     LIKELIHOODS,
-    CategoricalLikelihood,
     GaussianLikelihood,
     PoissonLikelihood,
     make_likelihood,
 )
+from ppvae.models.pixel_likelihoods import CategoricalLikelihood
 from ppvae.models.vae import VAE
 
 EVENT = (1, 4, 4)

@@ -18,10 +18,10 @@ from ppvae.models.priors import (
     ARDPrior,
     MixtureOfGaussians,
     StudentTPrior,
-    VampPrior,
     make_prior,
 )
 from ppvae.models.vae import VAE
+from ppvae.models.vamp import VampPrior
 
 LATENT = 3
 EVENT = (1, 8, 8)

@@ -1,0 +1,151 @@
+"""The VampPrior: a mixture of the guide's posteriors at learned pseudo-inputs.
+
+Importing this module registers ``"vamp"`` in :data:`ppvae.models.priors.PRIORS`;
+:mod:`ppvae.models` imports it, so the registry is complete whichever of its submodules
+is imported first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ppvae.models.priors import PRIORS, Prior, _inverse_softplus
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ppvae.models.vae import VAE
+
+__all__ = ["VampPrior"]
+
+
+class VampPrior(Prior):
+    """Variational mixture of posteriors p(z) = (1/K) Σ_k q(z | u_k) over pseudo-inputs u_k.
+
+    The pseudo-inputs are learned together with the VAE. They are stored
+    unconstrained and mapped into the likelihood's value range
+    (:meth:`Likelihood.value_range`): ``low + (high - low) · sigmoid`` for a bounded
+    range (binary, counts out of a total, 8-bit levels), ``low + softplus`` for a
+    range bounded below (Poisson counts) and the identity for the reals. The paper
+    clips with a hardtanh instead; the smooth map keeps a gradient for pseudo-inputs
+    that reach the edge of the range. Pseudo-inputs are continuous even when the
+    data are binary or counts: the encoder only needs real-valued inputs.
+
+    Parameters
+    ----------
+    latent_dim
+        Size of the latent vector.
+    num_components
+        Number K of pseudo-inputs.
+    init
+        Optional initial pseudo-inputs of shape ``(K, *event_shape)``, e.g. K
+        training images (clamped just inside the value range). Without it the
+        unconstrained values start as ``init_noise`` times standard normal noise,
+        i.e. close to the middle of a bounded range.
+    init_noise
+        Standard deviation of the initial noise on the unconstrained scale.
+    learn_weights
+        Learn the mixture weights (the paper fixes them to 1/K).
+
+    Raises
+    ------
+    ValueError
+        At construction of the VAE, for a non-Gaussian guide (a flow cannot be
+        evaluated at a batch of pseudo-inputs and at a batch of latents that do not
+        correspond) and for a conditional VAE (the guide needs labels).
+
+    References
+    ----------
+    Tomczak & Welling (2018), "VAE with a VampPrior", AISTATS.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        num_components: int = 50,
+        *,
+        init: torch.Tensor | None = None,
+        init_noise: float = 0.1,
+        learn_weights: bool = False,
+    ) -> None:
+        super().__init__(latent_dim)
+        self.num_components = int(num_components)
+        self.init_noise = float(init_noise)
+        self._init = init
+        self._range = (-math.inf, math.inf)
+        if learn_weights:
+            self.logits = nn.Parameter(torch.zeros(self.num_components))
+        else:
+            self.register_buffer("logits", torch.zeros(self.num_components))
+
+    def setup(self, vae: VAE) -> None:
+        if not getattr(vae.q, "gaussian", False):
+            raise ValueError(
+                "the VampPrior needs a Gaussian guide ('diagonal', 'lowrank', 'fullrank'); "
+                "flows are not supported"
+            )
+        if getattr(vae, "num_labels", None) is not None:
+            raise ValueError(
+                "the VampPrior does not support a conditional VAE (num_labels set): "
+                "q(z | u, y) would need labels for the pseudo-inputs"
+            )
+        # A plain reference, not a submodule: the guide's parameters belong to the VAE,
+        # and registering them here too would list them twice.
+        self.__dict__["_q"] = vae.q
+        value_range = getattr(vae.likelihood, "value_range", None)
+        self._range = tuple(value_range()) if value_range is not None else self._range
+        shape = (self.num_components, *vae.event_shape)
+        ref = next(vae.q.parameters(), torch.empty(0))
+        if self._init is None:
+            raw = self.init_noise * torch.randn(shape, dtype=ref.dtype, device=ref.device)
+        else:
+            if tuple(self._init.shape) != shape:
+                raise ValueError(
+                    f"init has shape {tuple(self._init.shape)}, expected {shape} "
+                    "(num_components, *event_shape)"
+                )
+            raw = self._unconstrain(self._init.to(ref.device, ref.dtype))
+        self._init = None
+        self.raw_inputs = nn.Parameter(raw)
+        with torch.no_grad():
+            batch = self._q(self.pseudo_inputs()).batch_shape
+        if tuple(batch) != (self.num_components,):
+            raise ValueError(
+                f"the guide returned batch shape {tuple(batch)} for {self.num_components} "
+                "pseudo-inputs: the VampPrior needs a guide that maps a batch of inputs "
+                "to a batch of distributions"
+            )
+
+    def _unconstrain(self, u: torch.Tensor) -> torch.Tensor:
+        low, high = self._range
+        if math.isfinite(low) and math.isfinite(high):
+            p = ((u - low) / (high - low)).clamp(1e-3, 1 - 1e-3)
+            return torch.logit(p)
+        if math.isfinite(low):
+            return _inverse_softplus((u - low).clamp(min=1e-3))
+        return u.clone()
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The K pseudo-inputs in data space, shape ``(K, *event_shape)``."""
+        if "raw_inputs" not in self._parameters:
+            raise RuntimeError("VampPrior.setup(vae) must run first (the VAE constructor does)")
+        low, high = self._range
+        raw = self.raw_inputs
+        if math.isfinite(low) and math.isfinite(high):
+            return low + (high - low) * torch.sigmoid(raw)
+        if math.isfinite(low):
+            return low + F.softplus(raw)
+        return raw
+
+    def forward(self) -> dist.Distribution:
+        u = self.pseudo_inputs()
+        components = self._q(u)
+        mixing = dist.Categorical(logits=self.logits, validate_args=False)
+        return dist.MixtureSameFamily(mixing, components, validate_args=False)
+
+
+PRIORS["vamp"] = VampPrior
