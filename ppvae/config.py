@@ -1,0 +1,275 @@
+"""Typed run configuration, read from and written to TOML.
+
+A :class:`RunConfig` holds everything a training run depends on; the resolved
+configuration is written next to the run's results (``RUN_DIR/config.toml``) so
+that ``ppvae train RUN_DIR/config.toml --out OTHER`` repeats the run exactly.
+Files are read with :mod:`tomllib`; the writer below covers exactly the value
+types a :class:`RunConfig` can hold (scalars, lists of scalars, flat tables).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunConfig", "UserError", "load_config", "save_config", "to_toml", "parse_hidden"]
+
+ELBOS = ("trace", "meanfield", "iwae")
+BINARIZE = ("auto", "dynamic", "static", "threshold", "none")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for; the CLI prints it as one line and exits 2."""
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run depends on.
+
+    ``likelihood = None`` and empty ``likelihood_kwargs`` mean "the dataset's suggested
+    observation model"; ``train`` resolves them (digits: Binomial with 16 trials) and
+    writes the resolved values, so a saved configuration never depends on defaults.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    binarize: str = "auto"
+    val_fraction: float = 0.1
+    prior: str = "normal"
+    guide: str = "diagonal"
+    likelihood: str | None = None
+    encoder: str = "mlp"
+    decoder: str = "mlp"
+    latent_dim: int = 16
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"
+    conditional: bool = False
+    num_labels: int | None = None
+    elbo: str = "trace"
+    particles: int = 1
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    beta: float = 1.0
+    kl_anneal: int = 0
+    clip_norm: float | None = None
+    patience: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    prior_kwargs: dict[str, Any] = field(default_factory=dict)
+    likelihood_kwargs: dict[str, Any] = field(default_factory=dict)
+    guide_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` for values no run could use."""
+        checks = [
+            (self.latent_dim >= 1, "latent_dim must be at least 1"),
+            (len(self.hidden) >= 1 and min(self.hidden) >= 1, "hidden widths must be >= 1"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.particles >= 1, "particles must be at least 1"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
+            (self.beta >= 0 and math.isfinite(self.beta), "beta must be >= 0"),
+            (self.kl_anneal >= 0, "kl_anneal must be >= 0"),
+            (self.patience is None or self.patience >= 1, "patience must be at least 1"),
+            (self.clip_norm is None or self.clip_norm > 0, "clip_norm must be positive"),
+            (0 <= self.val_fraction < 1, "val_fraction must lie in [0, 1)"),
+            (self.num_labels is None or self.num_labels >= 2, "num_labels must be >= 2"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"{message}: fix the flag or the config file")
+        if self.elbo not in ELBOS:
+            raise UserError(f"unknown elbo {self.elbo!r}: choose one of {', '.join(ELBOS)}")
+        if self.binarize not in BINARIZE:
+            raise UserError(
+                f"unknown binarize {self.binarize!r}: choose one of {', '.join(BINARIZE)}"
+            )
+
+    @property
+    def binarize_mode(self) -> str | None:
+        """The ``binarize`` argument of :func:`ppvae.data.load_dataset`."""
+        return None if self.binarize == "none" else self.binarize
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of all fields (lists and dicts copied)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "configuration") -> RunConfig:
+        """Build from a mapping; unknown keys and wrong types raise :class:`UserError`."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise UserError(
+                f"unknown key {unknown[0]!r} in {source}: valid keys are {', '.join(valid)}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """Copy with some fields changed (``None`` values are ignored)."""
+        return RunConfig.from_dict(
+            {**self.to_dict(), **{k: v for k, v in changes.items() if v is not None}},
+            source="command-line flags",
+        )
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp)
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner)
+    bad = UserError(
+        f"{name} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}): "
+        "fix the flag or the config file"
+    )
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise bad
+        (item,) = typing.get_args(tp)
+        return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise bad
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported field type {tp!r} for {name}")  # a bug, not a user error
+
+
+def parse_hidden(text: str) -> list[int]:
+    """Parse ``"400,400"`` into ``[400, 400]``."""
+    try:
+        widths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        widths = []
+    if not widths or min(widths) < 1:
+        raise UserError(
+            f"invalid --hidden {text!r}: give comma-separated positive widths such as 400,400"
+        )
+    return widths
+
+
+# ---------------------------------------------------------------------------- TOML
+def _toml_string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else _toml_string(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML: {value!r}")
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """Serialise a flat mapping whose values are scalars, lists or flat tables.
+
+    ``None`` values are left out: TOML has no null, and every optional field of a
+    :class:`RunConfig` defaults to ``None``.
+    """
+    lines, tables = [], []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, table in tables:
+        lines.append(f"\n[{_toml_key(key)}]")
+        lines.extend(
+            f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None
+        )
+    return "\n".join(lines) + "\n"
+
+
+def save_config(config: RunConfig, path: str | os.PathLike[str]) -> Path:
+    """Write ``config`` as TOML, atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("# ppvae run configuration\n" + to_toml(config.to_dict()), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read a TOML configuration; problems raise :class:`UserError` naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.toml"
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist: check the path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot parse config file {path} ({err}): fix its TOML syntax") from None
+    return RunConfig.from_dict(values, source=str(path))

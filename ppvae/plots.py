@@ -1,0 +1,334 @@
+"""Figures for trained VAEs: image grids, latent maps, training curves, diagnostics.
+
+Every ``plot_*`` function takes plain tensors or arrays (computing them from a model
+is :mod:`ppvae.figures`' job) and returns a :class:`matplotlib.figure.Figure`;
+:func:`save_figure` writes one to PNG atomically and closes it. The figures use
+matplotlib's non-interactive "Agg" backend, so they work without a display.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from ppvae.inference.khat import KHAT_LABELS, khat_labels, khat_threshold  # noqa: E402
+
+__all__ = [
+    "KHAT_COLOURS",
+    "is_image_shape",
+    "plot_image_grid",
+    "plot_samples",
+    "plot_conditional_samples",
+    "plot_reconstructions",
+    "plot_interpolations",
+    "plot_traversals",
+    "plot_latent_scatter",
+    "plot_elbo_curves",
+    "plot_loglik_hist",
+    "plot_khat",
+    "plot_ess",
+    "plot_feature_summary",
+    "save_figure",
+]
+
+#: Colours of the k-hat labels good, ok, bad and very bad.
+KHAT_COLOURS = ("#1b9e77", "#7570b3", "#d95f02", "#e7298a")
+
+ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
+
+
+def _np(values: ArrayLike) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def is_image_shape(event_shape: Sequence[int]) -> bool:
+    """Whether datapoints of this shape are shown as images ((C, H, W) with C = 1 or 3)."""
+    return len(event_shape) == 3 and event_shape[0] in (1, 3)
+
+
+def _to_unit(images: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
+    lo, hi = value_range
+    return ((images.detach().cpu().float() - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
+
+
+def _grid(images: torch.Tensor, nrow: int, value_range: tuple[float, float]) -> np.ndarray:
+    grid = make_grid(_to_unit(images, value_range), nrow=nrow, padding=1, pad_value=1.0)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def plot_image_grid(
+    images: torch.Tensor,
+    *,
+    nrow: int = 8,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    title: str | None = None,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    cell_inches: float = 0.6,
+) -> Figure:
+    """Images ``(N, C, H, W)`` laid out ``nrow`` per row, values mapped from ``value_range``."""
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+    grid = _grid(images, nrow, value_range)
+    rows = -(-len(images) // nrow)
+    cols = min(nrow, len(images))
+    fig, ax = plt.subplots(figsize=(1 + cols * cell_inches, 0.6 + rows * cell_inches))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    h, w = images.shape[-2] + 1, images.shape[-1] + 1  # cell size including padding
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.tick_params(length=0)
+    if row_labels is not None:
+        ax.set_yticks([h * (i + 0.5) for i in range(len(row_labels))], list(row_labels))
+    if col_labels is not None:
+        ax.set_xticks([w * (j + 0.5) for j in range(len(col_labels))], list(col_labels))
+        ax.tick_params(axis="x", labelsize=7)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_samples(
+    images: torch.Tensor, *, value_range: tuple[float, float], nrow: int = 8
+) -> Figure:
+    """A grid of samples from the model."""
+    return plot_image_grid(images, nrow=nrow, value_range=value_range, title="Samples")
+
+
+def plot_conditional_samples(
+    images: torch.Tensor, *, value_range: tuple[float, float], labels: Sequence[str] | None = None
+) -> Figure:
+    """Class-conditional samples ``(num_classes, n, C, H, W)``: one row per class."""
+    num_classes, n = images.shape[:2]
+    labels = [str(c) for c in range(num_classes)] if labels is None else labels
+    return plot_image_grid(
+        images.flatten(0, 1),
+        nrow=n,
+        value_range=value_range,
+        title="Class-conditional samples",
+        row_labels=labels,
+    )
+
+
+def plot_reconstructions(
+    inputs: torch.Tensor,
+    reconstructions: torch.Tensor,
+    *,
+    value_range: tuple[float, float],
+    nrow: int = 8,
+) -> Figure:
+    """Inputs and their reconstructions in alternating rows."""
+    n = len(inputs)
+    rows = []
+    for start in range(0, n, nrow):
+        rows += [inputs[start : start + nrow], reconstructions[start : start + nrow]]
+    labels = ["input", "recon."] * len(range(0, n, nrow))
+    return plot_image_grid(
+        torch.cat(rows),
+        nrow=nrow,
+        value_range=value_range,
+        title="Reconstructions (mean of p(x | z) at the posterior mean)",
+        row_labels=labels,
+    )
+
+
+def plot_interpolations(
+    images: torch.Tensor, *, value_range: tuple[float, float], method: str = "slerp"
+) -> Figure:
+    """Decoded latent paths ``(pairs, steps, C, H, W)``; each row joins two datapoints."""
+    pairs, steps = images.shape[:2]
+    return plot_image_grid(
+        images.flatten(0, 1),
+        nrow=steps,
+        value_range=value_range,
+        title=f"Latent interpolation ({method}) between test datapoints",
+    )
+
+
+def plot_traversals(
+    images: torch.Tensor,
+    *,
+    dims: Sequence[int],
+    offsets: Sequence[float],
+    value_range: tuple[float, float],
+) -> Figure:
+    """Traversals ``(len(dims), len(offsets), C, H, W)``: row i varies latent ``dims[i]``."""
+    return plot_image_grid(
+        images.flatten(0, 1),
+        nrow=len(offsets),
+        value_range=value_range,
+        title="Latent traversals",
+        row_labels=[f"z[{d}]" for d in dims],
+        col_labels=[f"{o:+g}" for o in offsets],
+    )
+
+
+def plot_latent_scatter(
+    means: ArrayLike,
+    labels: ArrayLike | None = None,
+    *,
+    method: str = "pca",
+    seed: int = 0,
+) -> Figure:
+    """Posterior means in 2-D (PCA or t-SNE beyond two dimensions), coloured by label."""
+    z = _np(means)
+    if z.ndim != 2:
+        raise ValueError(f"means must have shape (N, latent_dim), got {z.shape}")
+    if z.shape[1] == 1:
+        z, axes = np.concatenate([z, np.zeros_like(z)], axis=1), ("z[0]", "")
+    elif z.shape[1] == 2:
+        axes = ("z[0]", "z[1]")
+    elif method == "pca":
+        from sklearn.decomposition import PCA
+
+        z, axes = PCA(n_components=2, random_state=seed).fit_transform(z), ("PC 1", "PC 2")
+    elif method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, max(2, (len(z) - 1) // 3)))
+        tsne = TSNE(n_components=2, random_state=seed, init="pca", perplexity=perplexity)
+        z, axes = tsne.fit_transform(z), ("t-SNE 1", "t-SNE 2")
+    else:
+        raise ValueError(f"unknown projection {method!r}: use 'pca' or 'tsne'")
+    fig, ax = plt.subplots(figsize=(6, 5))
+    hue = None if labels is None else _np(labels).astype(int).astype(str)
+    order = None if hue is None else sorted(set(hue), key=int)
+    colours = {} if hue is None else {"hue": hue, "hue_order": order, "palette": "tab10"}
+    sns.scatterplot(x=z[:, 0], y=z[:, 1], s=12, ax=ax, linewidth=0, **colours)
+    if hue is not None:
+        ax.legend(title="label", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title("Posterior means of q(z | x)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_elbo_curves(train_elbo: ArrayLike, val_elbo: ArrayLike | None = None) -> Figure:
+    """Per-datapoint ELBO per epoch on the training and validation data."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    train = _np(train_elbo)
+    epochs = np.arange(1, len(train) + 1)
+    ax.plot(epochs, train, label="train")
+    if val_elbo is not None and len(val_elbo):
+        val = _np(val_elbo)
+        ax.plot(np.arange(1, len(val) + 1), val, label="validation")
+    finite = train[np.isfinite(train)]
+    if len(finite) > 4:  # the first epochs' ELBO would squash the rest of the curve
+        ax.set_ylim(bottom=np.quantile(finite, 0.05) - 0.05 * np.ptp(finite))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO per datapoint (nats)")
+    ax.set_title("Training curves")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_loglik_hist(
+    per_datapoint: ArrayLike, elbo_per_datapoint: ArrayLike | None = None
+) -> Figure:
+    """Histogram of per-datapoint log p̂(x) (and the ELBO for comparison)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ll = _np(per_datapoint)
+    sns.histplot(ll, ax=ax, label="log p̂(x)", color="C0", stat="count", alpha=0.6)
+    if elbo_per_datapoint is not None:
+        sns.histplot(_np(elbo_per_datapoint), ax=ax, label="ELBO", color="C1", alpha=0.4)
+    ax.axvline(float(np.mean(ll)), color="C0", linestyle="--", label=f"mean {np.mean(ll):.2f}")
+    ax.set_xlabel("nats")
+    ax.set_title("Per-datapoint log-likelihood estimates")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_khat(khat: ArrayLike, *, num_samples: int) -> Figure:
+    """Pareto k-hat per datapoint, coloured by its reliability label, with the label edges.
+
+    Labels and threshold are those of :mod:`ppvae.inference.khat` for ``num_samples``.
+    """
+    k = _np(khat)
+    threshold = khat_threshold(num_samples)
+    cats = khat_labels(k, num_samples)
+    shown = np.clip(np.nan_to_num(k, nan=1.5, posinf=1.5, neginf=-0.5), -0.5, 1.5)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    idx = np.arange(len(k))
+    for name, colour in zip(KHAT_LABELS, KHAT_COLOURS, strict=True):
+        sel = cats == name
+        if sel.any():
+            ax.scatter(idx[sel], shown[sel], s=8, color=colour, label=f"{name} ({sel.sum()})")
+    lines = {0.7: "0.7", 1.0: "1.0", threshold: f"threshold {threshold:.2f}"}
+    for value, text in sorted(lines.items()):
+        style = "-" if value == threshold else ":"
+        ax.axhline(value, color="grey", linestyle=style, linewidth=1)
+        ax.annotate(text, (len(k), value), fontsize=7, va="bottom", ha="right", color="grey")
+    ax.set_xlabel("datapoint")
+    ax.set_ylabel("Pareto k-hat")
+    ax.set_title(f"PSIS k-hat of the importance weights per datapoint (S = {num_samples})")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_ess(ess: ArrayLike, *, num_samples: int) -> Figure:
+    """Effective sample size of the importance weights per datapoint (log scale)."""
+    e = _np(ess)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(np.arange(len(e)), e, s=8, color="C0")
+    ax.axhline(num_samples, color="grey", linestyle=":", linewidth=1, label=f"S = {num_samples}")
+    ax.set_yscale("log")
+    ax.set_xlabel("datapoint")
+    ax.set_ylabel("ESS")
+    ax.set_title(f"Importance-sampling ESS per datapoint (median {np.median(e):.0f})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_feature_summary(
+    data: ArrayLike, model: ArrayLike, *, feature_names: Sequence[str] | None = None
+) -> Figure:
+    """Per-feature mean ± sd of the data beside the model's samples, for tabular data."""
+    x, s = _np(data).reshape(len(data), -1), _np(model).reshape(len(model), -1)
+    idx = np.arange(x.shape[1])
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(idx)), 4))
+    for offset, values, name in ((-0.15, x, "data"), (0.15, s, "model samples")):
+        ax.errorbar(idx + offset, values.mean(0), yerr=values.std(0), fmt="o", ms=3, label=name)
+    if feature_names is not None:
+        ax.set_xticks(idx, list(feature_names), rotation=90, fontsize=7)
+    ax.set_xlabel("feature")
+    ax.set_ylabel("mean ± sd")
+    ax.set_title("Per-feature mean and spread: data vs model")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG atomically (temporary file, then rename) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,204 @@
+"""A run's HTML report: one self-contained page (figures embedded as base64 PNG data URIs).
+
+:func:`render_report` turns a run's configuration, metrics, training history and
+figures into HTML; :func:`write_report` writes it atomically; :func:`report_run` does
+both for a run folder (``ppvae report RUN_DIR``), drawing the figures first. Every string that
+comes from the user or the data (paths, config values, captions) is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ppvae.figures import FigureRecord, make_run_figures
+from ppvae.runs import RunPaths, load_model, load_run_dataset, split_data
+
+__all__ = [
+    "reliability_sentence",
+    "training_summary",
+    "render_report",
+    "write_report",
+    "report_run",
+]
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
+       color: #222; line-height: 1.45; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2rem;
+       border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
+td, th { border: 1px solid #ddd; padding: 0.2rem 0.6rem; text-align: left; }
+th { background: #f4f4f4; } td.num { text-align: right; font-family: monospace; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.9rem; color: #444; }
+.verdict { background: #f3f8f3; border-left: 4px solid #1b9e77; padding: 0.5rem 1rem; }
+.warn { background: #fdf3ec; border-left: 4px solid #d95f02; padding: 0.5rem 1rem; }
+"""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isfinite(value) and value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.4g}"
+        return f"{value:.4f}".rstrip("0").rstrip(".") if math.isfinite(value) else str(value)
+    if isinstance(value, list | tuple):
+        return ", ".join(_fmt(v) for v in value)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items()) or "-"
+    return "-" if value is None else str(value)
+
+
+def _table(rows: Mapping[str, Any], header: tuple[str, str] = ("setting", "value")) -> str:
+    body = "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td class=num>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in rows.items()
+    )
+    return (
+        f"<table><tr><th>{html.escape(header[0])}</th><th>{html.escape(header[1])}</th></tr>"
+        f"{body}</table>"
+    )
+
+
+def reliability_sentence(metrics: Mapping[str, Any], noun: str = "datapoints") -> str:
+    """Plain-words summary of the k-hat diagnostics of an evaluation."""
+    share_above = metrics.get("share_khat_above_threshold")
+    if share_above is None:
+        return "No k-hat diagnostics were computed for this evaluation."
+    thr = float(metrics["khat_threshold"])
+    split = metrics.get("split", "test")
+    ok = 100.0 * (1.0 - float(share_above))
+    text = (
+        f"The log-likelihood estimates are reliable for {ok:.1f}% of {split} {noun} "
+        f"(k-hat ≤ {thr:.2f} with S = {metrics.get('num_samples')} importance samples)."
+    )
+    if share_above > 0:
+        text += (
+            f" For the other {100 - ok:.1f}% the guide's tails are too light for the "
+            "posterior: their estimates may be biased low, so the reported log-likelihood is "
+            "best read as a lower bound there."
+        )
+    return text
+
+
+def training_summary(history: Mapping[str, Any]) -> dict[str, Any]:
+    """Epochs, total time, throughput and final objective values of a training history."""
+    seconds = list(history.get("seconds") or [])
+    ips = list(history.get("images_per_second") or [])
+    out: dict[str, Any] = {
+        "epochs": history.get("epochs_completed", len(seconds)),
+        "training time (s)": float(sum(seconds)),
+        "images per second (mean)": float(sum(ips) / len(ips)) if ips else None,
+    }
+    if history.get("train_elbo"):
+        out["final train objective (nats)"] = float(history["train_elbo"][-1])
+    if history.get("val_elbo"):
+        out["final validation ELBO (nats)"] = float(history["val_elbo"][-1])
+    if history.get("best_epoch") is not None:
+        out["best epoch (validation)"] = history["best_epoch"]
+    if history.get("stopped_early"):
+        out["stopped early"] = True
+    return out
+
+
+def _figure_html(folder: Path, record: FigureRecord) -> str:
+    data = base64.b64encode((folder / record.name).read_bytes()).decode("ascii")
+    title, caption = html.escape(record.title), html.escape(record.caption)
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{title}">'
+        f"<figcaption><b>{title}.</b> {caption}</figcaption></figure>"
+    )
+
+
+def render_report(
+    *,
+    title: str,
+    config: Mapping[str, Any],
+    figures: Sequence[FigureRecord],
+    figures_dir: str | os.PathLike[str],
+    metrics: Mapping[str, Any] | None = None,
+    history: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    noun: str = "datapoints",
+) -> str:
+    """The report as one HTML string with every figure embedded."""
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if metrics:
+        cls = "verdict" if not metrics.get("share_khat_above_threshold") else "warn"
+        parts.append(f"<p class={cls}>{html.escape(reliability_sentence(metrics, noun))}</p>")
+        if metrics.get("verdict"):
+            parts.append(f"<p>{html.escape(str(metrics['verdict']))}</p>")
+        parts += ["<h2>Evaluation</h2>", _table(metrics, ("metric", "value"))]
+    else:
+        parts.append(
+            "<p class=warn>This run has not been evaluated yet: run <code>ppvae evaluate "
+            "RUN_DIR</code> for its log-likelihood and diagnostics.</p>"
+        )
+    if history:
+        parts += ["<h2>Training</h2>", _table(training_summary(history), ("quantity", "value"))]
+    parts += ["<h2>Configuration</h2>", _table(config)]
+    parts.append("<h2>Figures</h2>")
+    parts += [f"<p>{html.escape(note)}</p>" for note in notes]
+    parts += [_figure_html(Path(figures_dir), rec) for rec in figures]
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(path: str | os.PathLike[str], content: str) -> Path:
+    """Write the report atomically (a reader never sees half a page)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(content, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def report_run(
+    run_dir: str | os.PathLike[str], *, interpolation: str = "slerp", projection: str = "pca"
+) -> Path:
+    """Draw the run's figures and write ``report.html``; returns its path."""
+    paths = RunPaths(run_dir).require()
+    cfg, vae = load_model(paths.root)
+    metrics = json.loads(paths.metrics.read_text()) if paths.metrics.is_file() else None
+    history = json.loads(paths.history.read_text()) if paths.history.is_file() else None
+    split = metrics["split"] if metrics else "test"
+    loglik = None
+    if metrics is not None and paths.loglik(split).is_file():
+        from ppvae.evaluation import load_loglik
+
+        loglik = load_loglik(paths.root, split)
+    x, y = split_data(load_run_dataset(cfg), split)
+    records, notes = make_run_figures(
+        vae,
+        x.to(cfg.device),
+        y,
+        paths.figures,
+        split=split,
+        history=history,
+        loglik=loglik,
+        seed=cfg.seed,
+        interpolation=interpolation,
+        projection=projection,
+    )
+    noun = "digits" if cfg.dataset == "digits" else "datapoints"
+    content = render_report(
+        title=f"ppvae run {paths.root.resolve().name}: {cfg.dataset}",
+        config=cfg.to_dict(),
+        figures=records,
+        figures_dir=paths.figures,
+        metrics=metrics,
+        history=history,
+        notes=notes,
+        noun=noun,
+    )
+    return write_report(paths.report, content)

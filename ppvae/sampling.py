@@ -1,0 +1,55 @@
+"""Sample grids of a trained run (``ppvae sample``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ppvae.config import UserError
+from ppvae.runs import RunPaths, load_model
+
+__all__ = ["sample_run"]
+
+
+def sample_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    n: int = 64,
+    label: int | None = None,
+    out: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a PNG grid of samples (one row per class for a conditional model)."""
+    from ppvae import plots
+    from ppvae.figures import display_range
+
+    if n < 1:
+        raise UserError(f"--n must be at least 1, got {n}")
+    cfg, vae = load_model(run_dir)
+    if not plots.is_image_shape(vae.event_shape):
+        raise UserError(
+            f"datapoints of shape {vae.event_shape} are not images, so there is no sample "
+            "grid: use the report's per-feature figure"
+        )
+    value_range = display_range(vae.likelihood, torch.zeros(1))
+    torch.manual_seed(seed)
+    conditional = vae.num_labels is not None
+    if label is not None and not conditional:
+        raise UserError("--label needs a conditional model (trained with conditional = true)")
+    if label is not None and not 0 <= label < vae.num_labels:
+        raise UserError(f"--label must lie in 0..{vae.num_labels - 1}, got {label}")
+    with torch.no_grad():
+        if conditional and label is None:
+            per = max(1, n // vae.num_labels)
+            labels = torch.arange(vae.num_labels).repeat_interleave(per)
+            images = vae.sample(len(labels), y=labels)
+            fig = plots.plot_conditional_samples(
+                images.reshape(vae.num_labels, per, *vae.event_shape), value_range=value_range
+            )
+        else:
+            images = vae.sample(n, y=label)
+            fig = plots.plot_samples(images, value_range=value_range, nrow=min(n, 8))
+    path = Path(out) if out is not None else RunPaths(run_dir).root / "samples.png"
+    return plots.save_figure(fig, path)

@@ -1,0 +1,426 @@
+"""The ppvae command end to end: train, evaluate, sample, report, compare, score, resume.
+
+The main path runs the real command in subprocesses (``python -m ppvae.cli``); the many
+user-error cases call :func:`ppvae.cli.main` in-process, which is the same code without
+the interpreter start-up (an uncaught exception would surface there as a test error).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+
+from ppvae.cli import main
+from ppvae.inference.checkpoint import load_checkpoint
+
+TINY = ["--latent-dim", "2", "--hidden", "32", "--epochs", "3", "--lr", "0.01", "--quiet"]
+K = ["--num-samples", "50"]
+METRIC_KEYS = {
+    "split",
+    "num_samples",
+    "num_datapoints",
+    "log_likelihood",
+    "stderr",
+    "mc_stderr",
+    "elbo",
+    "gap",
+    "khat_threshold",
+    "share_khat_above_threshold",
+    "verdict",
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    # Tiny networks train several times faster on one thread, above all on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    pyro.set_rng_seed(0)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)
+
+
+def ppvae(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run the real command in a fresh interpreter."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::FutureWarning", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ppvae.cli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``main`` in-process; returns (status, stdout, stderr)."""
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as stop:  # argparse's own exits
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_user_error(status: int, err: str, *fragments: str) -> None:
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ppvae: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory) -> Path:
+    """A tiny trained and evaluated run."""
+    run = tmp_path_factory.mktemp("runs") / "a"
+    ok(ppvae("train", *TINY, "--seed", "1", "--out", run))
+    ok(ppvae("evaluate", run, *K, "--quiet"))
+    return run
+
+
+def test_train_writes_a_complete_run_directory(run_a):
+    for name in ("config.toml", "history.json", "model.pt", "checkpoints/last.pt"):
+        assert (run_a / name).is_file(), name
+    history = json.loads((run_a / "history.json").read_text())
+    assert history["epochs_completed"] == 3 and len(history["train_elbo"]) == 3
+    assert len(history["val_elbo"]) == 3 and all(math.isfinite(v) for v in history["val_elbo"])
+    config = tomllib.loads((run_a / "config.toml").read_text())
+    assert config["latent_dim"] == 2 and config["hidden"] == [32] and config["seed"] == 1
+    assert config["likelihood"] == "binomial"  # the dataset's suggestion, resolved
+    assert config["likelihood_kwargs"] == {"total_count": 16}
+    saved = load_checkpoint(run_a / "model.pt")
+    assert saved["history"]["epochs_completed"] == 3 and saved["config"]["latent_dim"] == 2
+    assert not list(run_a.glob(".*"))  # no temporary files left behind
+
+
+def test_evaluate_writes_sane_metrics(run_a):
+    metrics = json.loads((run_a / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["split"] == "test" and metrics["num_samples"] == 50
+    assert metrics["num_datapoints"] > 300
+    assert math.isfinite(metrics["log_likelihood"]) and metrics["log_likelihood"] < 0
+    assert metrics["stderr"] > 0 and metrics["mc_stderr"] > 0
+    assert metrics["elbo"] <= metrics["log_likelihood"] and metrics["gap"] >= 0
+    assert 0 <= metrics["share_khat_above_threshold"] <= 1
+    assert metrics["khat_threshold"] == pytest.approx(1 - 1 / math.log10(50))
+    assert metrics["verdict"].startswith(("reliable", "unreliable"))
+    record = torch.load(run_a / "loglik_test.pt", weights_only=True)
+    assert record["per_datapoint"].shape == (metrics["num_datapoints"],)
+    assert record["khat"].shape == record["ess"].shape == record["per_datapoint"].shape
+    assert record["per_datapoint"].mean().item() == pytest.approx(metrics["log_likelihood"])
+
+
+def test_evaluate_prints_a_table(run_a, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(run_a, run)
+    status, out, _ = cli(
+        capsys, "evaluate", run, "--num-samples", "20", "--split", "val", "--limit", "50", "--quiet"
+    )
+    assert status == 0
+    assert re.search(r"log p\(x\)\s+-\d+\.\d+ ± \d+\.\d+", out) and "verdict" in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["num_datapoints"] == 50
+    assert (run / "loglik_val.pt").is_file()
+
+
+def test_sample_writes_a_png(run_a, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    status, printed, err = cli(capsys, "sample", run_a, "--n", "16", "--out", out)
+    assert status == 0 and str(out) in printed, err
+    assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 1000
+
+
+def test_report_has_every_figure_with_its_caption_and_the_verdict(run_a):
+    path = Path(ok(ppvae("report", run_a)).strip())
+    assert path == run_a / "report.html"
+    page = path.read_text(encoding="utf-8")
+    titles = [
+        "Samples",
+        "Reconstructions",
+        "Latent interpolation",
+        "Latent traversals",
+        "Latent space",
+        "Training curves",
+        "Log-likelihood per datapoint",
+        "Pareto k-hat diagnostics",
+        "Effective sample size",
+    ]
+    assert page.count("<img") == len(titles) == page.count('src="data:image/png;base64,')
+    captions = re.findall(r"<figcaption><b>([^<]*)\.</b> ([^<]+)</figcaption>", page)
+    assert [t for t, _ in captions] == titles and all(len(c) > 20 for _, c in captions)
+    assert re.search(r"reliable for \d+\.\d% of test digits \(k-hat ≤ 0\.41", page)
+    metrics = json.loads((run_a / "metrics.json").read_text())
+    assert metrics["verdict"].split(":")[0] in page
+    assert sorted(p.name for p in (run_a / "figures").glob("*.png")) == sorted(
+        [
+            "samples.png",
+            "reconstructions.png",
+            "interpolation.png",
+            "traversals.png",
+            "latent.png",
+            "elbo.png",
+            "loglik_hist.png",
+            "khat.png",
+            "ess.png",
+        ]
+    )
+
+
+def test_compare_two_runs_and_refuse_different_data(run_a, tmp_path, capsys):
+    b = tmp_path / "b"
+    assert (
+        cli(
+            capsys,
+            "train",
+            "--latent-dim",
+            "3",
+            "--hidden",
+            "16",
+            "--epochs",
+            "2",
+            "--quiet",
+            "--out",
+            b,
+        )[0]
+        == 0
+    )
+    assert cli(capsys, "evaluate", b, *K, "--quiet")[0] == 0
+    out = ok(ppvae("compare", run_a, b))
+    lines = out.strip().splitlines()
+    assert "diff" in lines[0] and "mean" in lines[0]
+    assert {line.split()[0] for line in lines[2:]} == {"a", "b"}
+    # A run on other data (a file holding a subset of digits) cannot be compared.
+    digits = torch.load(run_a / "loglik_test.pt", weights_only=True)  # only for its size
+    rows = np.random.default_rng(0).integers(0, 17, size=(200, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "other.npy", rows)
+    c = tmp_path / "c"
+    assert (
+        cli(
+            capsys,
+            "train",
+            "--dataset",
+            tmp_path / "other.npy",
+            "--likelihood",
+            "binomial",
+            "--latent-dim",
+            "2",
+            "--hidden",
+            "8",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--out",
+            c,
+        )[0]
+        == 0
+    )
+    assert cli(capsys, "evaluate", c, *K, "--quiet")[0] == 0
+    assert len(torch.load(c / "loglik_test.pt", weights_only=True)["per_datapoint"]) != len(
+        digits["per_datapoint"]
+    )
+    assert_user_error(*cli(capsys, "compare", run_a, c)[::2], "different data")
+
+
+def test_score_ranks_noise_above_digits(run_a, tmp_path):
+    # Salt-and-pepper noise in the Binomial(16) support: every pixel 0 or 16 at random.
+    noise = 16 * np.random.default_rng(0).integers(0, 2, size=(100, 1, 8, 8))
+    np.save(tmp_path / "noise.npy", noise.astype(np.float32))
+    out_csv = tmp_path / "scores.csv"
+    out = ok(
+        ppvae(
+            "score",
+            run_a,
+            "digits",
+            "--ood",
+            tmp_path / "noise.npy",
+            *K,
+            "--out",
+            out_csv,
+            "--quiet",
+        )
+    )
+    auc = float(re.search(r"ROC-AUC[^:]*: ([0-9.]+)", out).group(1))
+    assert 0.5 < auc <= 1.0
+    with open(out_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 359 + 100
+    assert {r["ood"] for r in rows[:359]} == {"0"} and {r["ood"] for r in rows[359:]} == {"1"}
+    scores = np.array([float(r["score"]) for r in rows])
+    assert np.all(np.isfinite(scores)) and scores[359:].mean() > scores[:359].mean()
+    assert {r["reliable"] for r in rows} <= {"0", "1"}
+
+
+def test_score_reads_an_ood_column_from_a_csv(run_a, tmp_path, capsys):
+    from ppvae.data import load_dataset
+
+    digits = load_dataset("digits").test[:40].reshape(40, -1).numpy()
+    noise = 16 * np.random.default_rng(1).integers(0, 2, size=(40, 64))
+    table = np.c_[np.r_[digits, noise], np.r_[np.zeros(40), np.ones(40)]].astype(int)
+    path = tmp_path / "mixed.csv"
+    header = ",".join([f"p{i}" for i in range(64)] + ["is_ood"])
+    np.savetxt(path, table, delimiter=",", fmt="%d", header=header, comments="")
+    status, out, err = cli(capsys, "score", run_a, path, *K, "--quiet")
+    assert status == 0, err
+    auc = float(re.search(r"ROC-AUC[^:]*: ([0-9.]+)", out).group(1))
+    assert 0.5 < auc <= 1.0
+    assert (run_a / "scores.csv").is_file()
+
+
+def test_conditional_run_samples_a_chosen_class(tmp_path, capsys):
+    run = tmp_path / "cond"
+    args = ["--latent-dim", "2", "--hidden", "16", "--epochs", "1", "--quiet", "--out", run]
+    assert cli(capsys, "train", "--conditional", *args)[0] == 0
+    config = tomllib.loads((run / "config.toml").read_text())
+    assert config["conditional"] is True and config["num_labels"] == 10
+    for extra in (["--label", "3"], []):
+        png = tmp_path / f"samples{len(extra)}.png"
+        status, _, err = cli(capsys, "sample", run, *extra, "--n", "20", "--out", png)
+        assert status == 0 and png.read_bytes().startswith(b"\x89PNG"), err
+    assert_user_error(*cli(capsys, "sample", run, "--label", "10")[::2], "0..9")
+    assert cli(capsys, "evaluate", run, "--num-samples", "20", "--quiet")[0] == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert math.isfinite(metrics["log_likelihood"]) and metrics["log_likelihood"] < 0
+
+
+def test_resume_after_kill_loses_no_epoch_and_config_reproduces(tmp_path, capsys):
+    run = tmp_path / "r"
+    # Small batches make an epoch last long enough to be interrupted reliably.
+    args = "train --latent-dim 4 --hidden 32 --batch-size 8 --epochs 5 --seed 3 --quiet".split()
+    args += ["--out", str(run)]
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ppvae.cli", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        last = run / "checkpoints" / "last.pt"
+        deadline = time.monotonic() + 180
+        while not last.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)  # mid-run: the first epoch has just been saved
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL, log.read_text()
+    before = load_checkpoint(last)["history"]
+    done = before["epochs_completed"]
+    assert 1 <= done < 5 and not (run / "model.pt").exists()
+
+    assert cli(capsys, "train", "--resume", "--quiet", "--out", run)[0] == 0
+    history = json.loads((run / "history.json").read_text())
+    assert history["epochs_completed"] == 5
+    for key in ("train_elbo", "val_elbo", "seconds", "beta"):
+        assert len(history[key]) == 5, key  # each epoch exactly once
+    assert history["train_elbo"][:done] == before["train_elbo"][:done]  # nothing redone
+    assert history["val_elbo"][:done] == before["val_elbo"][:done]
+
+    # The saved configuration repeats the run exactly, interrupted or not.
+    other = tmp_path / "s"
+    assert cli(capsys, "train", run / "config.toml", "--quiet", "--out", other)[0] == 0
+    assert (other / "config.toml").read_text() == (run / "config.toml").read_text()
+    again = json.loads((other / "history.json").read_text())
+    assert again["train_elbo"] == history["train_elbo"]
+    assert again["val_elbo"] == history["val_elbo"]
+
+
+def test_a_user_error_in_a_real_process_is_one_line(tmp_path):
+    proc = ppvae("evaluate", tmp_path / "nowhere")
+    assert_user_error(proc.returncode, proc.stderr, "does not exist")
+
+
+def test_user_errors_are_one_line_with_status_2(run_a, tmp_path, capsys):
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("epochs = 2\nlatent = 3\n")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for name in ("config.toml", "history.json"):
+        (corrupt / name).write_bytes((run_a / name).read_bytes())
+    (corrupt / "model.pt").write_bytes((run_a / "model.pt").read_bytes()[:500])
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.full((5, 1, 8, 8), 17.0, dtype=np.float32))
+    x = tmp_path / "x"
+    cases = [
+        (["train", bad_toml, "--out", x], "'latent'"),
+        (["train", "--dataset", "nosuchset", "--out", x], "unknown dataset"),
+        (["train", "--epochs", "many", "--out", x], "invalid int value"),
+        (["train", tmp_path / "missing.toml", "--out", x], "does not exist"),
+        (["train", "--elbo", "renyi", "--out", x], "unknown elbo"),
+        (["train", "--hidden", "4,a", "--out", x], "--hidden"),
+        (["train", "--lr", "-1", "--out", x], "lr must be"),
+        (["train", "--prior", "nope", "--epochs", "1", "--out", x], "unknown prior"),
+        (["train", "--device", "toaster", "--out", x], "unknown device"),
+        (["train", "--device", "cuda:7", "--out", x], "cuda:7"),
+        (["--threads", "0", "evaluate", run_a], "--threads"),
+        (["train", "--likelihood", "bernoulli", "--epochs", "1", "--out", x], "bernoulli"),
+        (["train", "--out", run_a], "--resume"),
+        (["train", "--resume", "--out", tmp_path / "none"], "no run to resume"),
+        (["train", "--resume", "--latent-dim", "7", "--out", run_a], "latent_dim"),
+        (["evaluate", corrupt], "truncated or corrupt"),
+        (["evaluate", tmp_path], "not a ppvae run directory"),
+        (["evaluate", run_a, "--num-samples", "1"], "num-samples"),
+        (["sample", run_a, "--label", "3"], "conditional"),
+        (["score", run_a, outside, *K], "binomial"),
+        (["score", run_a, tmp_path / "absent.npy"], "does not exist"),
+        (["score", run_a, "nosuchset"], "unknown dataset"),
+        (["compare", run_a], "at least two"),
+        (["compare", run_a, corrupt], "no test evaluation"),
+        (["evaluate", run_a, "--split", "everything"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ]
+    for args, fragment in cases:
+        status, _, err = cli(capsys, *args)
+        assert_user_error(status, err, fragment)
+    assert not x.exists()  # a refused run leaves nothing behind
+
+
+def test_demo_without_fashion_mnist_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    import ppvae.data
+
+    # Hide every place the data could be: the system folder, $PPVAE_DATA and ~/.cache.
+    monkeypatch.setattr(ppvae.data, "SYSTEM_DATA_DIR", tmp_path / "system")
+    monkeypatch.setenv("PPVAE_DATA", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    status, _, err = cli(capsys, "demo", "--dataset", "fashion-mnist", "--out", tmp_path / "d")
+    assert_user_error(
+        status,
+        err,
+        "apt-get install dataset-fashion-mnist",
+        "--data-dir",
+        "PPVAE_DATA",
+        "--download",
+    )
+    assert not (tmp_path / "d").exists()
+
+
+def test_version_and_help(capsys):
+    from ppvae import __version__
+
+    status, out, _ = cli(capsys, "--version")
+    assert status == 0 and out.strip() == f"ppvae {__version__}"
+    status, out, _ = cli(capsys, "--help")
+    assert status == 0
+    for command in ("train", "evaluate", "sample", "compare", "score", "report", "demo"):
+        assert command in out
+        status, sub, _ = cli(capsys, command, "--help")
+        assert status == 0 and f"ppvae {command}" in sub
