@@ -1,0 +1,83 @@
+"""Shared pieces of the benchmarks: the model under test, data, and calls into ppvae."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+
+__all__ = [
+    "EVENT_SHAPE",
+    "LATENT_DIM",
+    "HIDDEN",
+    "DECODER_FLOPS_PER_PAIR",
+    "FASHION_MNIST_SKIP",
+    "build_vae",
+    "missing",
+    "fashion_mnist",
+    "training_images",
+    "ppvae_log_likelihood",
+]
+
+EVENT_SHAPE = (1, 28, 28)
+LATENT_DIM = 50
+HIDDEN = (400, 400)
+# One decoder pass 50-400-400-784 per datapoint-particle pair, 2 FLOPs per multiply-add.
+DECODER_FLOPS_PER_PAIR = 2 * (50 * 400 + 400 * 400 + 400 * 784)
+FASHION_MNIST_SKIP = (
+    "Fashion-MNIST not found (looked in {where}): apt-get install dataset-fashion-mnist, "
+    "or set PPVAE_DATA — skipping the accuracy benchmark"
+)
+
+
+def build_vae(seed: int = 0, device: str = "cpu") -> Any:
+    """The benchmarked model: ``VAE((1,28,28), 50, likelihood="bernoulli", hidden=(400,400))``."""
+    from ppvae.models import VAE
+
+    torch.manual_seed(seed)
+    return VAE(EVENT_SHAPE, LATENT_DIM, likelihood="bernoulli", hidden=HIDDEN).to(device)
+
+
+def missing(module: str) -> str | None:
+    """``None`` when ``module`` imports, else why not (a library piece not written yet)."""
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        return f"{module} is not available ({err})"
+    return None
+
+
+def fashion_mnist() -> tuple[Any | None, str]:
+    """Fashion-MNIST via ``ppvae.data.load_dataset`` (dynamic binarisation), or the skip text."""
+    from ppvae.data import load_dataset
+
+    try:
+        return load_dataset("fashion-mnist", binarize="auto"), ""
+    except FileNotFoundError as err:
+        text = str(err)
+        # "... (optionally .gz) in DIRS and their SUBDIRS subfolders; fix: ..." -> DIRS...
+        where = text.split(".gz) in ", 1)[-1].split("; fix", 1)[0].strip()
+        return None, FASHION_MNIST_SKIP.format(where=where)
+
+
+def training_images(num: int, seed: int = 0) -> tuple[torch.Tensor, str]:
+    """``num`` grey-level 28×28 images in [0, 1] and where they came from.
+
+    Fashion-MNIST's training images when they are on disk, else uniform noise of the same
+    shape: throughput does not depend on the pixel values, only on their number.
+    """
+    ds, _ = fashion_mnist()
+    if ds is not None and len(ds.train) >= num:
+        return ds.train[:num].clone(), "fashion-mnist"
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(num, *EVENT_SHAPE, generator=gen), "synthetic uniform [0,1]"
+
+
+def ppvae_log_likelihood(
+    model: Any, guide: Any, x: torch.Tensor, num_samples: int, *, seed: int | None = None
+) -> Any:
+    """``ppvae.inference.importance.log_likelihood`` with its defaults and no progress bar."""
+    from ppvae.inference.importance import log_likelihood
+
+    return log_likelihood(model, guide, x, num_samples=num_samples, seed=seed, progress=False)
