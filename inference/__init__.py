@@ -24,6 +24,7 @@ _LAZY = {
     "add_diagnostics": "ppvae.inference.diagnostics",
     "to_inference_data": "ppvae.inference.diagnostics",
     "inference_data": "ppvae.inference.diagnostics",
+    "khat_elpd_data": "ppvae.inference.diagnostics",
     "nuts_check": "ppvae.inference.posterior_checks",
     "NutsCheck": "ppvae.inference.posterior_checks",
 }

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ppvae.inference.weights import per_datapoint_log_weights
 

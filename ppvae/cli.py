@@ -296,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ArviZ announces its refactor once a day on import; it is no concern of a user here.
     warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
     args = build_parser().parse_args(argv)
+    from ppvae.plots import use_headless_backend
+
+    use_headless_backend()
     try:
         # The demo's small networks train faster on one thread than on two, and ten times
         # faster when other processes compete for the cores (threads then wait on each

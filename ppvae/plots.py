@@ -2,8 +2,9 @@
 
 Every ``plot_*`` function takes plain tensors or arrays (computing them from a model
 is :mod:`ppvae.figures`' job) and returns a :class:`matplotlib.figure.Figure`;
-:func:`save_figure` writes one to PNG atomically and closes it. The figures use
-matplotlib's non-interactive "Agg" backend, so they work without a display.
+:func:`save_figure` writes one to PNG atomically and closes it. Importing this module
+leaves matplotlib's backend alone (so figures show inline in notebooks); the command line
+calls :func:`use_headless_backend` so that it never needs a display.
 """
 
 from __future__ import annotations
@@ -13,19 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
-
-from ppvae.inference.khat import KHAT_LABELS, khat_labels, khat_threshold  # noqa: E402
+from ppvae.inference.khat import KHAT_LABELS, khat_labels, khat_threshold
 
 __all__ = [
+    "use_headless_backend",
     "KHAT_COLOURS",
     "is_image_shape",
     "plot_image_grid",
@@ -47,6 +46,11 @@ __all__ = [
 KHAT_COLOURS = ("#1b9e77", "#7570b3", "#d95f02", "#e7298a")
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
+
+
+def use_headless_backend() -> None:
+    """Switch matplotlib to the non-interactive "Agg" backend (no display needed)."""
+    matplotlib.use("Agg")
 
 
 def _np(values: ArrayLike) -> np.ndarray:
