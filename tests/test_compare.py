@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pyro
 import pytest
 import torch
 
@@ -13,18 +12,7 @@ from ppvae.inference.diagnostics import psis_diagnostics
 from ppvae.inference.importance import log_likelihood
 from ppvae.models.linear_gaussian import LinearGaussianModel, PosteriorGuide
 
-
-@pytest.fixture(autouse=True)
-def _float64_seed_one_thread():
-    # One intra-op thread: these tensors are tiny, and on a shared 2-core machine a second
-    # thread only adds synchronisation (ten times slower under load).
-    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    pyro.set_rng_seed(0)
-    yield
-    torch.set_default_dtype(old_dtype)
-    torch.set_num_threads(old_threads)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _models(n: int = 100):

@@ -11,7 +11,6 @@ import math
 
 import arviz as az
 import numpy as np
-import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -29,18 +28,7 @@ from ppvae.inference.khat import khat_labels, khat_summary, khat_threshold, khat
 from ppvae.inference.resampling import guide_particles, importance_resample
 from ppvae.models.linear_gaussian import LinearGaussianModel, PosteriorGuide
 
-
-@pytest.fixture(autouse=True)
-def _float64_seed_one_thread():
-    # One intra-op thread: these tensors are tiny, and on a shared 2-core machine a second
-    # thread only adds synchronisation (ten times slower under load).
-    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    pyro.set_rng_seed(0)
-    yield
-    torch.set_default_dtype(old_dtype)
-    torch.set_num_threads(old_threads)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _ppca(n: int = 20, data_dim: int = 6, latent_dim: int = 3, seed: int = 0):

@@ -15,17 +15,7 @@ from ppvae.inference.objectives import IWAE_ELBO, IWAEModule
 from ppvae.models.linear_gaussian import LinearGaussianModel, LinearGuide, PosteriorGuide
 from ppvae.models.vae import VAE
 
-
-@pytest.fixture(autouse=True)
-def _float64_and_seed():
-    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    # The tensors here are small: one thread avoids thread start-up and spinning costs.
-    torch.set_num_threads(1)
-    pyro.set_rng_seed(0)
-    yield
-    torch.set_default_dtype(old_dtype)
-    torch.set_num_threads(old_threads)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _ppca(n: int = 5, data_dim: int = 4, latent_dim: int = 2, seed: int = 0):

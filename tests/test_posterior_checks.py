@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -19,18 +18,7 @@ from ppvae.inference.posterior_checks import gaussian_w2, nuts_check
 from ppvae.models.linear_gaussian import LinearGaussianModel, LinearGuide, PosteriorGuide
 from ppvae.models.vae import VAE
 
-
-@pytest.fixture(autouse=True)
-def _float64_seed_one_thread():
-    # One intra-op thread: these tensors are tiny, and on a shared 2-core machine a second
-    # thread only adds synchronisation (ten times slower under load).
-    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    pyro.set_rng_seed(0)
-    yield
-    torch.set_default_dtype(old_dtype)
-    torch.set_num_threads(old_threads)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _ppca(n: int, data_dim: int = 5, latent_dim: int = 2):
