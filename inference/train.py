@@ -24,6 +24,7 @@ from typing import Any
 
 import pyro
 import torch
+from pyro.infer.util import is_validation_enabled
 
 from ppvae.data import BatchLoader, Dataset
 from ppvae.inference.history import History
@@ -212,7 +213,17 @@ def fit(
         )
 
     show = progress and sys.stderr.isatty()
-    with warnings.catch_warnings():
+    if history.epochs_completed < epochs and is_validation_enabled():
+        # Pyro's validation (shapes, supports, NaN checks with gradient hooks) costs about
+        # as much per step as the optimizer on small networks, and nothing it checks changes
+        # between steps: run it once on a first batch, under a forked random state so that
+        # resumed and uninterrupted runs draw the same numbers, then train without it.
+        first = (x[:batch_size],) if y is None else (x[:batch_size], y[:batch_size])
+        if dynamic:
+            first = (_fixed_draw(first[0]), *first[1:])
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            loss_fn(*first)
+    with warnings.catch_warnings(), pyro.validation_enabled(False):
         # A NaN loss raises TrainingDivergedError below, which says more than Pyro's warning.
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         for epoch in range(history.epochs_completed + 1, epochs + 1):

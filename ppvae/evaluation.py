@@ -36,7 +36,6 @@ def evaluate_run(
     ``limit`` evaluates only the first ``limit`` datapoints of the split (the data
     fingerprint then differs, so such a run is compared only with like evaluations).
     """
-    from ppvae.inference.diagnostics import psis_diagnostics
     from ppvae.inference.importance import log_likelihood
     from ppvae.inference.khat import khat_summary, khat_threshold
 
@@ -59,7 +58,6 @@ def evaluate_run(
         seed=seed,
         progress=None if progress else False,
         device=cfg.device,
-        diagnostics=psis_diagnostics,
     )
     seconds = time.perf_counter() - start
     summary = khat_summary(res)

@@ -147,7 +147,6 @@ def score_run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score ``data`` (and ``ood``) with a trained run; writes a CSV and returns a summary."""
-    from ppvae.inference.diagnostics import psis_diagnostics
     from ppvae.inference.importance import log_likelihood
     from ppvae.runs import RunPaths, load_model
 
@@ -180,7 +179,6 @@ def score_run(
         seed=seed,
         progress=None if progress else False,
         device=cfg.device,
-        diagnostics=psis_diagnostics,
     )
     scores = -res.per_datapoint
     auc = None
