@@ -249,9 +249,11 @@ def log_likelihood(
     num_samples
         K, particles per datapoint.
     batch_size
-        Datapoints per batch; by default about 2**24 / (chunk_size × datapoint size).
+        Datapoints per batch; by default a block of chunk_size × batch_size × datapoint
+        size of about 2**22 floats on CPU (2**24 elsewhere).
     chunk_size
-        Particles drawn at once (default min(256, K)); memory grows with it, not with K.
+        Particles drawn at once (default at least min(256, K), more when a batch holds few
+        datapoints, up to the same block size); memory grows with it, not with K.
     seed
         Makes the estimate reproducible. The draws then come from a forked copy of
         torch's random state, so the caller's random stream is left untouched; without
@@ -294,10 +296,15 @@ def log_likelihood(
     if device is not None:
         x = x.to(device)
         y = None if y is None else y.to(device)
+    floats = _FLOATS_PER_BATCH.get(x.device.type, _FLOATS_PER_BATCH_DEFAULT)
+    size = max(1, x[0].numel())
     if batch_size is None:
-        floats = _FLOATS_PER_BATCH.get(x.device.type, _FLOATS_PER_BATCH_DEFAULT)
-        batch_size = max(1, floats // (chunk * max(1, x[0].numel())))
+        batch_size = max(1, floats // (chunk * size))
     batch_size = min(int(batch_size), n)
+    if chunk_size is None:
+        # Few datapoints leave the block part-empty: fill it with particles instead, so that
+        # the fixed cost of tracing a chunk is paid fewer times.
+        chunk = min(k, max(chunk, floats // (batch_size * size)))
     check = getattr(getattr(model, "__self__", None), "check_data", None)
     if callable(check):
         check(x, y)
