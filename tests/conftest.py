@@ -4,6 +4,7 @@ import matplotlib
 import pyro
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 # Figures are rendered off-screen in tests, as in CI.
 matplotlib.use("Agg")
@@ -11,6 +12,7 @@ matplotlib.use("Agg")
 # The tensors in tests are small: a second intra-op thread only adds start-up and
 # synchronisation costs, and on a shared 2-core machine makes steps up to ten times slower.
 torch.set_num_threads(1)
+threadpool_limits(1)  # the same for NumPy's BLAS and scikit-learn (t-SNE)
 
 
 @pytest.fixture(autouse=True)

@@ -21,10 +21,8 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-import pyro
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from ppvae.cli import main
 from ppvae.inference.checkpoint import load_checkpoint
@@ -44,18 +42,6 @@ METRIC_KEYS = {
     "share_khat_above_threshold",
     "verdict",
 }
-
-
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tiny networks train several times faster on one thread, above all on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    pyro.set_rng_seed(0)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
 
 
 def ppvae(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:

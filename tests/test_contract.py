@@ -59,16 +59,6 @@ def fake_data(likelihood_name: str, event_shape: Sequence[int], n: int = BATCH) 
     raise AssertionError(f"no candidate data fits likelihood {likelihood_name!r}")
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # The tensors here are tiny: intra-op threads only add synchronisation, which costs
-    # whole scheduler slices when the cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _invalid_by_design(prior: str, guide: str) -> bool:
     # The VampPrior evaluates the guide at pseudo-inputs: Gaussian guides only.
     return issubclass(PRIORS[prior], VampPrior) and not GUIDES[guide].gaussian

@@ -24,17 +24,6 @@ from ppvae.models.vae import VAE
 FLOWS = sorted(name for name, cls in GUIDES.items() if not cls.gaussian)
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_single_thread():
-    torch.manual_seed(0)
-    pyro.set_rng_seed(0)
-    # Tiny tensors: intra-op threads only add synchronisation, costly on shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _encoder(in_dim: int = 5, num_labels: int | None = None) -> MLPEncoder:
     return MLPEncoder((in_dim,), hidden=(16,), num_labels=num_labels)
 

@@ -7,11 +7,9 @@ import re
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pyro
 import pytest
 import torch
 from matplotlib.figure import Figure
-from threadpoolctl import threadpool_limits
 
 from ppvae import plots
 from ppvae.figures import FigureRecord, display_range, lerp, make_run_figures, slerp
@@ -22,15 +20,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # t-SNE and tiny networks run many times faster on one thread when the machine is busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    pyro.set_rng_seed(0)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+def _close_figures():
+    yield
     plt.close("all")
 
 

@@ -31,16 +31,6 @@ from ppvae.models.linear_gaussian import (
 from ppvae.models.vae import VAE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy machine the threads'
-    # waiting makes each step ten times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     pyro.set_rng_seed(0)

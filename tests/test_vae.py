@@ -20,17 +20,6 @@ from ppvae.models.vae import VAE
 VECTORISED = dict(vectorize_particles=True, max_plate_nesting=1)
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_single_thread():
-    torch.manual_seed(0)
-    pyro.set_rng_seed(0)
-    # Tiny tensors: intra-op threads only add synchronisation, costly on shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _traces(model, guide, *args, **kwargs):
     guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
     model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
