@@ -74,7 +74,8 @@ def run_anchor(
                 device=device,
                 progress=False,
             )
-            history.append({"stage": stage, "epochs": epochs, "lr": lr, "elbo": hist.train_elbo})
+            record = {"stage": stage, "epochs": epochs, "lr": lr}
+            history.append({**record, "elbo": hist.train_objective})
         vae.eval()
         res = ppvae_log_likelihood(vae.model, vae.guide, ds.test.to(device), 5000, seed=1)
         out[name] = {

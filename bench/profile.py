@@ -33,12 +33,12 @@ _KEY_FUNCTIONS = {
     "check_if_enumerated (validation)": ("infer/util.py", "check_if_enumerated"),
     "backward": ("torch/_tensor.py", "backward"),
     "optimizer.step (Adam)": ("torch/optim/adam.py", "step"),
-    "BatchLoader batches": ("ppvae/data.py", "_batches"),
+    "BatchLoader batches": ("inference/batches.py", "_batches"),
     "train_step": ("inference/step.py", "train_step"),
     "fit setup (one-off): check_data": ("models/vae.py", "check_data"),
-    "fit setup (one-off): _fixed_draw": ("inference/train.py", "_fixed_draw"),
+    "fit setup (one-off): binarize_once": ("inference/batches.py", "binarize_once"),
 }
-_SETUP = ("fit setup (one-off): check_data", "fit setup (one-off): _fixed_draw")
+_SETUP = ("fit setup (one-off): check_data", "fit setup (one-off): binarize_once")
 
 
 def _category(filename: str) -> str:

@@ -85,8 +85,8 @@ class ReferenceVAE(nn.Module):
     def copy_from(self, vae: nn.Module) -> ReferenceVAE:
         """Copy the weights of a ppvae ``VAE`` with the same architecture; returns ``self``."""
         pairs = [
-            (_linears(self.encoder), _linears(vae.q.encoder)),
-            ([self.head], [vae.q.head]),
+            (_linears(self.encoder), _linears(vae.guide_net.encoder)),
+            ([self.head], [vae.guide_net.head]),
             (_linears(self.decoder), _linears(vae.decoder)),
         ]
         for mine, theirs in pairs:
@@ -149,9 +149,10 @@ def reference_train_epoch(
     """One epoch of minibatch training; returns the mean training ELBO per datapoint.
 
     Batches are index slices of the in-memory tensor ``x`` in a fresh random order, each
-    binarised by one Bernoulli draw when ``dynamic_binarize`` (as ``ppvae.data.BatchLoader``
-    does). With ``scale_to_dataset`` the minibatch loss is scaled by ``N / B``, as a Pyro
-    plate with ``num_data=N`` scales it. ``num_particles > 1`` trains the IWAE bound.
+    binarised by one Bernoulli draw when ``dynamic_binarize`` (as
+    ``ppvae.inference.batches.BatchLoader`` does). With ``scale_to_dataset`` the minibatch
+    loss is scaled by ``N / B``, as a Pyro plate with ``num_data=N`` scales it.
+    ``num_particles > 1`` trains the IWAE bound.
     """
     n = len(x)
     order = torch.randperm(n, generator=generator, device=x.device)

@@ -28,7 +28,7 @@ vae = ppvae.VAE(
 )
 start = time.perf_counter()
 hist = ppvae.fit(vae, ds, epochs=100, batch_size=128, lr=1e-3, seed=0, progress=False)
-print(f"trained {len(hist.train_elbo)} epochs in {time.perf_counter() - start:.1f} s")
+print(f"trained {len(hist.train_objective)} epochs in {time.perf_counter() - start:.1f} s")
 print(f"validation ELBO per digit: {hist.val_elbo[-1]:.2f}")
 
 res = ppvae.log_likelihood(vae.model, vae.guide, ds.test, num_samples=1000, seed=0)

@@ -1,43 +1,49 @@
 """Inference: SVI training, objectives, importance sampling, checkpoints and diagnostics.
 
-The ArviZ-backed functions (:mod:`ppvae.inference.diagnostics`, and
-:mod:`ppvae.inference.posterior_checks` which uses it) are imported on first use, so
-that ``import ppvae`` does not load ArviZ.
+Every submodule imports only Pyro, torch, other ``ppvae.inference`` modules and
+``ppvae.models``, never the library's front door or the command-line app. ArviZ is
+loaded on the first call that needs it (:mod:`ppvae.inference.diagnostics`), so that
+``import ppvae`` does not load it.
 """
 
-from typing import Any
-
 from ppvae.inference.amortization import AmortizationGap, amortization_gap
+from ppvae.inference.batches import BatchLoader, TrainingData, binarize_once
 from ppvae.inference.checkpoint import load, load_checkpoint, save
 from ppvae.inference.compare import compare
+from ppvae.inference.diagnostics import (
+    add_diagnostics,
+    khat_elpd_data,
+    psis_diagnostics,
+    to_inference_data,
+)
 from ppvae.inference.history import History
-from ppvae.inference.importance import LogLikelihoodResult, log_likelihood
+from ppvae.inference.importance import log_likelihood
+from ppvae.inference.iwae import IWAE_ELBO
 from ppvae.inference.khat import khat_labels, khat_summary, khat_threshold
-from ppvae.inference.objectives import IWAE_ELBO
+from ppvae.inference.objectives import make_elbo
+from ppvae.inference.posterior_checks import NutsCheck, nuts_check
+from ppvae.inference.resampling import inference_data
+from ppvae.inference.result import LogLikelihoodResult
+from ppvae.inference.rng import seeded
 from ppvae.inference.scaling import LatentScale, kl_weight
-from ppvae.inference.step import StepInfo, TrainingDivergedError, evaluate, train_step
+from ppvae.inference.step import StepInfo, TrainingDivergedError, train_step, validation_elbo
 from ppvae.inference.train import fit
 from ppvae.inference.weights import per_datapoint_log_weights
-
-_LAZY = {
-    "psis_diagnostics": "ppvae.inference.diagnostics",
-    "add_diagnostics": "ppvae.inference.diagnostics",
-    "to_inference_data": "ppvae.inference.diagnostics",
-    "inference_data": "ppvae.inference.diagnostics",
-    "khat_elpd_data": "ppvae.inference.diagnostics",
-    "nuts_check": "ppvae.inference.posterior_checks",
-    "NutsCheck": "ppvae.inference.posterior_checks",
-}
 
 __all__ = [
     "fit",
     "train_step",
-    "evaluate",
+    "validation_elbo",
     "StepInfo",
     "TrainingDivergedError",
     "History",
+    "BatchLoader",
+    "TrainingData",
+    "binarize_once",
+    "seeded",
     "LatentScale",
     "kl_weight",
+    "make_elbo",
     "IWAE_ELBO",
     "log_likelihood",
     "LogLikelihoodResult",
@@ -45,19 +51,17 @@ __all__ = [
     "khat_threshold",
     "khat_labels",
     "khat_summary",
+    "psis_diagnostics",
+    "add_diagnostics",
+    "to_inference_data",
+    "inference_data",
+    "khat_elpd_data",
     "compare",
     "amortization_gap",
     "AmortizationGap",
+    "nuts_check",
+    "NutsCheck",
     "save",
     "load",
     "load_checkpoint",
-    *_LAZY,
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ppvae.inference' has no attribute {name!r}")

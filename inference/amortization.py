@@ -40,7 +40,8 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 from ppvae.inference.importance import log_likelihood
-from ppvae.inference.weights import trace_model_and_guide
+from ppvae.inference.rng import seeded
+from ppvae.inference.traces import trace_model_and_guide
 
 __all__ = ["AmortizationGap", "amortization_gap", "local_guide"]
 
@@ -161,9 +162,7 @@ def amortization_gap(
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda t: 0.5 * (1 + math.cos(math.pi * t / max(1, steps)))
     )
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed):
         for _ in range(steps):
             loss = elbo.differentiable_loss(model, local_guide(loc, log_scale.exp(), site), *args)
             # Gradients with respect to the local parameters only: the model's parameters

@@ -9,11 +9,11 @@ an interrupted save leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 import tempfile
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from torch import nn
 
 from ppvae.inference.plaindata import differences, object_names, to_plain
 from ppvae.inference.rng import rng_state
+from ppvae.models import VAE, TwoLayerVAE
 
 __all__ = [
     "FORMAT",
@@ -35,12 +36,10 @@ __all__ = [
 ]
 
 FORMAT = "ppvae-checkpoint"
-VERSION = 1
-# Classes that load() can rebuild from their constructor arguments, imported on demand.
-MODEL_CLASSES: dict[str, str] = {
-    "VAE": "ppvae.models.vae:VAE",
-    "TwoLayerVAE": "ppvae.models.hierarchical:TwoLayerVAE",
-}
+# 2: guide module attribute `q` renamed `guide_net`; constrained parameters stored unconstrained.
+VERSION = 2
+# Classes that load() can rebuild from their constructor arguments, by saved class name.
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"VAE": VAE, "TwoLayerVAE": TwoLayerVAE}
 
 
 def save(
@@ -224,10 +223,8 @@ def _rebuild(name: str, config: Any, source: str) -> nn.Module:
             f"rebuilt from stored arguments: pass model= (a freshly built {name} of the same "
             "structure)"
         )
-    module_name, _, attr = MODEL_CLASSES[name].partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
     try:
-        return cls(**config)
+        return MODEL_CLASSES[name](**config)
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"cannot rebuild the {name} of {source} from its stored arguments ({err}); pass "
@@ -271,10 +268,10 @@ def _corrupt(path: Path, err: BaseException) -> ValueError:
 
 
 def _ppvae_version() -> str:
-    # Imported here: ``ppvae`` re-exports this module, so a top-level import would be circular.
-    from ppvae import __version__
-
-    return __version__
+    try:
+        return version("ppvae")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ppvae.inference.diagnostics import psis_diagnostics
 from ppvae.inference.khat import as_numpy, khat_labels
 
 __all__ = ["compare"]
@@ -81,8 +82,6 @@ def _paired_mc_var(a: Any, b: Any) -> np.ndarray | None:
 def _share_above(res: Any) -> float:
     khat = getattr(res, "khat", None)
     if khat is None and getattr(res, "log_weights", None) is not None:
-        from ppvae.inference.diagnostics import psis_diagnostics
-
         khat = psis_diagnostics(torch.as_tensor(res.log_weights))["khat"]
     if khat is None:
         return math.nan

@@ -1,6 +1,8 @@
 """Reliability diagnostics of importance-sampled log-likelihoods, and ArviZ export.
 
-This is the only module of ppvae that imports ArviZ.
+This is the only module of ppvae that imports ArviZ, and it does so on first use, in
+:func:`_arviz`: the library's one deliberate lazy import, which keeps ``import ppvae`` from
+loading ArviZ (and xarray with it) until a function here needs it.
 
 Pareto k-hat
     For each datapoint, the K importance weights w_k = p(x, z_k) / q(z_k | x) of the
@@ -14,7 +16,8 @@ Pareto k-hat
     reported as −inf, the limit of a generalised Pareto distribution shrinking to a point.
 
 InferenceData
-    :func:`to_inference_data` and :func:`inference_data` build ``arviz.InferenceData``
+    :func:`to_inference_data` (and :func:`ppvae.inference.resampling.inference_data`,
+    which adds importance-resampled posterior draws) build ``arviz.InferenceData``
     with the groups ``posterior`` (latent draws per datapoint), ``log_likelihood`` (the
     integrated log-likelihood log p̂(x_i), so that ``arviz.loo`` and ``arviz.compare``
     return the right numbers), ``sample_stats`` (per-datapoint estimates and
@@ -31,24 +34,25 @@ JMLR 25(72).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Callable
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import logsumexp
 
 from ppvae.inference.khat import as_numpy, khat_summary, khat_threshold, khat_values
+
+if TYPE_CHECKING:  # pragma: no cover
+    import arviz as az
 
 __all__ = [
     "psis_diagnostics",
     "add_diagnostics",
     "khat_elpd_data",
     "to_inference_data",
-    "inference_data",
     "mcmc_summary",
 ]
 
@@ -58,6 +62,18 @@ __all__ = [
 # estimate's relative error is below the spread whatever the tail, so they count as constant.
 _CONSTANT_SPREAD = 1e-8
 _CONSTANT_ULPS = 1e3
+
+
+def _arviz() -> ModuleType:
+    """ArviZ, imported on first use: the one lazy import of the library (see the module doc)."""
+    import arviz
+
+    return arviz
+
+
+def _logsumexp(a: np.ndarray, keepdims: bool = False) -> np.ndarray:
+    """log Σ exp over the last axis, stable for ±inf entries."""
+    return torch.logsumexp(torch.from_numpy(a), dim=-1, keepdim=keepdims).numpy()
 
 
 def psis_diagnostics(log_weights: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -90,7 +106,7 @@ def psis_diagnostics(log_weights: torch.Tensor) -> dict[str, torch.Tensor]:
         raise ValueError(f"PSIS needs at least 2 particles per datapoint, got {k}")
     khat = np.full(b, np.inf)
     ess = np.zeros(b)
-    psis_ll = logsumexp(lw, axis=1) - math.log(k)
+    psis_ll = _logsumexp(lw) - math.log(k)
     invalid = np.isnan(lw).any(1) | np.isposinf(lw).any(1) | ~np.isfinite(lw).any(1)
     with np.errstate(invalid="ignore"):
         scale = np.maximum(1.0, np.abs(lw).max(1))
@@ -101,11 +117,11 @@ def psis_diagnostics(log_weights: torch.Tensor) -> dict[str, torch.Tensor]:
     if fit.any():
         # normalize=False keeps the weights' level, so their logsumexp is the estimate.
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            smoothed, kss = az.psislw(lw[fit], reff=1.0, normalize=False)
+            smoothed, kss = _arviz().psislw(lw[fit], reff=1.0, normalize=False)
         smoothed = np.asarray(smoothed)
         khat[fit] = kss
-        psis_ll[fit] = logsumexp(smoothed, axis=1) - math.log(k)
-        norm = np.exp(smoothed - logsumexp(smoothed, axis=1, keepdims=True))
+        psis_ll[fit] = _logsumexp(smoothed) - math.log(k)
+        norm = np.exp(smoothed - _logsumexp(smoothed, keepdims=True))
         ess[fit] = 1.0 / np.square(norm).sum(1)
     out = {"khat": khat, "ess": ess, "psis_log_likelihood": psis_ll}
     dev = log_weights.device
@@ -135,27 +151,36 @@ def add_diagnostics(res: Any) -> Any:
     )
 
 
-class _KhatData(az.ELPDData):
+@functools.cache
+def _khat_data_type() -> type:
     """k-hat values in the container ``arviz.plot_khat`` reads (it takes no bare arrays)."""
 
-    def __str__(self) -> str:
-        return khat_summary(self.pareto_k.values, int(self.n_samples))["verdict"]
+    class KhatData(_arviz().ELPDData):
+        def __str__(self) -> str:
+            return khat_summary(self.pareto_k.values, int(self.n_samples))["verdict"]
 
-    __repr__ = __str__
+        __repr__ = __str__
+
+    return KhatData
 
 
 def khat_elpd_data(res: Any) -> az.ELPDData:
-    """k-hat of a result packed for ``arviz.plot_khat`` (``pareto_k`` over ``obs``, ``good_k``)."""
+    """k-hat of a result packed for ``arviz.plot_khat`` (``pareto_k`` over ``obs``, ``good_k``).
+
+    A result without k-hat but with its log-weights gets them from :func:`add_diagnostics`.
+    """
+    if res.khat is None and getattr(res, "log_weights", None) is not None:
+        res = add_diagnostics(res)
     khat, s = khat_values(res, None)
     pareto_k = _data_array(khat, ("obs",), "pareto_k")
-    return _KhatData(
+    return _khat_data_type()(
         data=[s, khat.size, pareto_k, khat_threshold(s)],
         index=["n_samples", "n_data_points", "pareto_k", "good_k"],
     )
 
 
 def _data_array(values: np.ndarray, dims: tuple[str, ...], name: str) -> Any:
-    ds = az.dict_to_dataset({name: values}, dims={name: list(dims)}, default_dims=[])
+    ds = _arviz().dict_to_dataset({name: values}, dims={name: list(dims)}, default_dims=[])
     return ds[name]
 
 
@@ -200,6 +225,7 @@ def to_inference_data(
     ``constant_data`` (with ``labels``)
         ``y`` over ``obs``.
     """
+    arviz = _arviz()
     n = int(res.per_datapoint.shape[0])
     obs = {"obs": np.arange(n)}
     if res.khat is None and getattr(res, "log_weights", None) is not None:
@@ -225,7 +251,7 @@ def to_inference_data(
         "estimator": "importance sampling with the guide as proposal",
     }
     groups = {
-        "sample_stats": az.dict_to_dataset(
+        "sample_stats": arviz.dict_to_dataset(
             stats, coords=obs, dims=dims, default_dims=[], attrs=attrs
         )
     }
@@ -237,92 +263,26 @@ def to_inference_data(
                 f"posterior_draws must be shaped (chain, draw, {n}, latent) or "
                 f"(draw, {n}, latent), got {tuple(as_numpy(posterior_draws).shape)}"
             )
-        groups["posterior"] = az.dict_to_dataset(
+        groups["posterior"] = arviz.dict_to_dataset(
             {site: z}, coords=obs, dims={site: ["obs", "latent"]}
         )
         integrated = np.broadcast_to(stats["log_marginal_likelihood"], z.shape[:3]).copy()
-        groups["log_likelihood"] = az.dict_to_dataset(
+        groups["log_likelihood"] = arviz.dict_to_dataset(
             {observed_site: integrated}, coords=obs, dims={observed_site: ["obs"]}
         )
     if observed is not None:
         xo = as_numpy(observed).reshape(n, -1)
-        groups["observed_data"] = az.dict_to_dataset(
+        groups["observed_data"] = arviz.dict_to_dataset(
             {observed_site: xo},
             coords=obs,
             dims={observed_site: ["obs", "feature"]},
             default_dims=[],
         )
     if labels is not None:
-        groups["constant_data"] = az.dict_to_dataset(
+        groups["constant_data"] = arviz.dict_to_dataset(
             {"y": as_numpy(labels).reshape(n)}, coords=obs, dims={"y": ["obs"]}, default_dims=[]
         )
-    return az.InferenceData(**groups)
-
-
-def inference_data(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
-    *,
-    y: torch.Tensor | None = None,
-    num_samples: int = 1000,
-    num_draws: int = 500,
-    num_chains: int = 2,
-    seed: int = 0,
-    site: str = "z",
-    batch_size: int | None = None,
-    result: Any = None,
-) -> az.InferenceData:
-    """Estimate log p(x) and export it with importance-resampled posterior draws.
-
-    The log-likelihood estimate and its diagnostics come from
-    :func:`ppvae.inference.importance.log_likelihood` (``num_samples`` particles, unless a
-    ready ``result`` is passed). Each of the ``num_chains`` chains is an independent set of
-    ``num_samples`` guide particles per datapoint, resampled ``num_draws`` times in
-    proportion to their importance weights (sampling importance resampling), so the
-    ``posterior`` group holds approximate draws from p(z | x_i), not guide draws, and
-    ``arviz.summary`` / ``arviz.plot_ess`` on it show how well the weights cover the
-    posterior: duplicated particles lower the ESS, and chains that disagree raise R-hat.
-    ``site`` must be a local site (one latent vector per datapoint, in the data plate).
-
-    See :func:`to_inference_data` for the groups.
-    """
-    from ppvae.inference.resampling import guide_particles, importance_resample
-
-    if result is None:
-        from ppvae.inference.importance import log_likelihood
-
-        result = log_likelihood(
-            model,
-            guide,
-            x,
-            num_samples=num_samples,
-            batch_size=batch_size,
-            y=y,
-            seed=seed,
-            diagnostics=psis_diagnostics,
-        )
-    zs = []
-    for chain in range(num_chains):
-        particles = guide_particles(
-            model,
-            guide,
-            x,
-            num_samples=num_samples,
-            y=y,
-            site=site,
-            batch_size=batch_size,
-            seed=seed + 1 + chain,
-        )
-        z, _ = importance_resample(particles, num_draws, seed=seed + 1 + chain)
-        zs.append(z.reshape(num_draws, x.shape[0], -1))
-    return to_inference_data(
-        result,
-        posterior_draws=torch.stack(zs),
-        observed=x,
-        labels=y,
-        site=site,
-    )
+    return arviz.InferenceData(**groups)
 
 
 def mcmc_summary(
@@ -348,8 +308,9 @@ def mcmc_summary(
     and Localization: An Improved R-hat for Assessing Convergence of MCMC", Bayesian
     Analysis 16(2).
     """
+    arviz = _arviz()
     a = as_numpy(samples)
     if a.ndim < 2:
         raise ValueError(f"samples must be shaped (chain, draw, ...), got {a.shape}")
-    idata = az.from_dict(posterior={var_name: a}, dims={var_name: dims} if dims else None)
-    return az.summary(idata, round_to="none")
+    idata = arviz.from_dict(posterior={var_name: a}, dims={var_name: dims} if dims else None)
+    return arviz.summary(idata, round_to="none")

@@ -7,6 +7,9 @@ from typing import Any
 
 __all__ = ["History"]
 
+# What train_objective was called in histories and checkpoints written by ppvae 0.1.
+_OLD_TRAIN_KEY = "train_elbo"
+
 
 @dataclass
 class History:
@@ -14,11 +17,12 @@ class History:
 
     Attributes
     ----------
-    train_elbo
+    train_objective
         The training objective per datapoint (higher is better), averaged over the epoch's
-        minibatches while the parameters moved. With β ≠ 1 or KL annealing it is the
-        β-weighted objective E_q[log p(x | z)] − β·KL, not the ELBO; with ``elbo="iwae"`` it
-        is the importance-weighted bound.
+        minibatches while the parameters moved: the ELBO for ``elbo="trace"`` or
+        ``"meanfield"`` at β = 1; with β ≠ 1 or KL annealing the β-weighted objective
+        E_q[log p(x | z)] − β·KL, which is not the ELBO; with ``elbo="iwae"`` the
+        importance-weighted bound. (Files written before this name read ``train_elbo``.)
     val_elbo
         The same objective at β = 1 on the validation data with the end-of-epoch
         parameters: a stochastic lower bound on the validation log-likelihood per
@@ -38,7 +42,7 @@ class History:
         Whether early stopping ended the run before the requested number of epochs.
     """
 
-    train_elbo: list[float] = field(default_factory=list)
+    train_objective: list[float] = field(default_factory=list)
     val_elbo: list[float] = field(default_factory=list)
     beta: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
@@ -58,7 +62,14 @@ class History:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
-        """Rebuild from :meth:`to_dict`'s output; unknown keys are an error."""
+        """Rebuild from :meth:`to_dict`'s output; unknown keys are an error.
+
+        The key ``train_elbo`` of files written before :attr:`train_objective` had its name
+        is read as ``train_objective``.
+        """
+        data = dict(data)
+        if _OLD_TRAIN_KEY in data and "train_objective" not in data:
+            data["train_objective"] = data.pop(_OLD_TRAIN_KEY)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

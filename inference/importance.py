@@ -19,20 +19,21 @@ the delta method).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from tqdm import tqdm
 
+from ppvae.inference.diagnostics import psis_diagnostics
+from ppvae.inference.result import DIAGNOSTIC_FIELDS, LogLikelihoodResult
+from ppvae.inference.rng import seeded
 from ppvae.inference.weights import per_datapoint_log_weights
 
-__all__ = ["LogLikelihoodResult", "log_likelihood", "summarise_log_weights"]
+__all__ = ["log_likelihood", "summarise_log_weights"]
 
 # About 64 MB of float32 activations of data size per chunk of particles.
 # Floats per (batch × chunk × datapoint) block: 16 MB in float32 keeps the decoder's
@@ -40,132 +41,6 @@ __all__ = ["LogLikelihoodResult", "log_likelihood", "summarise_log_weights"]
 # GPUs prefer bigger blocks.
 _FLOATS_PER_BATCH = {"cpu": 2**22}
 _FLOATS_PER_BATCH_DEFAULT = 2**24
-_DIAGNOSTIC_FIELDS = ("khat", "ess", "reliable")
-
-
-def _floats(t: torch.Tensor | None) -> list | None:
-    if t is None:
-        return None
-    return [v if isinstance(v, bool) or math.isfinite(v) else None for v in t.tolist()]
-
-
-@dataclass(repr=False)
-class LogLikelihoodResult:
-    """Per-datapoint importance-sampled log-likelihoods and their uncertainties.
-
-    Attributes
-    ----------
-    per_datapoint
-        log p̂(x_n), shape ``(N,)``, float64.
-    mc_stderr_per_datapoint
-        Monte Carlo standard error of each log p̂(x_n) (delta method; NaN when K = 1).
-    elbo_per_datapoint
-        The ELBO estimate mean_k log w_nk from the same draws.
-    num_samples
-        K, the number of particles per datapoint.
-    log_weights
-        The ``(N, K)`` float64 log-weights, when requested.
-    data_fingerprint
-        A short hash of the data (and labels), to tell results on different data apart.
-    seed
-        The seed the estimate was drawn with, if any.
-    khat, ess, reliable
-        Per-datapoint diagnostics (Pareto k-hat, effective sample size, verdict), filled
-        by a ``diagnostics`` callable or by :mod:`ppvae.inference.diagnostics`.
-    extras
-        Other per-datapoint outputs of the ``diagnostics`` callable.
-    """
-
-    per_datapoint: torch.Tensor
-    mc_stderr_per_datapoint: torch.Tensor
-    elbo_per_datapoint: torch.Tensor
-    num_samples: int
-    log_weights: torch.Tensor | None = None
-    data_fingerprint: str = ""
-    seed: int | None = None
-    khat: torch.Tensor | None = None
-    ess: torch.Tensor | None = None
-    reliable: torch.Tensor | None = None
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.per_datapoint.shape[0])
-
-    @property
-    def mean(self) -> float:
-        """The average log p̂(x_n) over datapoints."""
-        return float(self.per_datapoint.mean())
-
-    @property
-    def stderr(self) -> float:
-        """Standard error of :attr:`mean` over datapoints, sd/√N.
-
-        The uncertainty of the test-set average as an estimate of the expected
-        log-likelihood under the data distribution: use it to compare models.
-        """
-        n = len(self)
-        return float(self.per_datapoint.std() / math.sqrt(n)) if n > 1 else math.nan
-
-    @property
-    def mc_stderr(self) -> float:
-        """Monte Carlo standard error of :attr:`mean`, sqrt(Σ se_n²)/N."""
-        return float(self.mc_stderr_per_datapoint.square().sum().sqrt() / len(self))
-
-    @property
-    def elbo(self) -> float:
-        """The average ELBO over datapoints."""
-        return float(self.elbo_per_datapoint.mean())
-
-    @property
-    def gap(self) -> float:
-        """``mean − elbo``: how much the K-particle estimate gains over the ELBO."""
-        return self.mean - self.elbo
-
-    def summary(self) -> str:
-        """One line: estimate, standard errors, ELBO, K and N."""
-        text = (
-            f"log p(x) = {self.mean:.2f} ± {self.stderr:.2f} (data s.e.), "
-            f"MC s.e. {self.mc_stderr:.2g}, ELBO {self.elbo:.2f}, "
-            f"K={self.num_samples}, N={len(self)}"
-        )
-        if self.reliable is not None:
-            text += f", reliable {float(self.reliable.double().mean()):.0%}"
-        return text
-
-    def __repr__(self) -> str:
-        return f"LogLikelihoodResult({self.summary()})"
-
-    def to_inference_data(self, **kwargs: Any) -> Any:
-        """Export as ``arviz.InferenceData``: see ``ppvae.inference.diagnostics``."""
-        from ppvae.inference.diagnostics import to_inference_data
-
-        return to_inference_data(self, **kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary and per-datapoint lists (non-finite values become None).
-
-        The log-weights are left out: they are large and not needed to compare results.
-        """
-        out: dict[str, Any] = {
-            "mean": self.mean,
-            "stderr": self.stderr,
-            "mc_stderr": self.mc_stderr,
-            "elbo": self.elbo,
-            "gap": self.gap,
-            "num_samples": int(self.num_samples),
-            "num_datapoints": len(self),
-            "data_fingerprint": self.data_fingerprint,
-            "seed": self.seed,
-        }
-        out = {
-            k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()
-        }
-        for name in ("per_datapoint", "mc_stderr_per_datapoint", "elbo_per_datapoint"):
-            out[name] = _floats(getattr(self, name))
-        for name in _DIAGNOSTIC_FIELDS:
-            out[name] = _floats(getattr(self, name))
-        out["extras"] = {k: _floats(v) for k, v in self.extras.items()}
-        return out
 
 
 def summarise_log_weights(lw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -202,17 +77,40 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor | None) -> str:
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    if seed is None:
-        yield
-        return
-    # Pyro samples from torch's generators: forking them (CPU and every CUDA device, since
-    # manual_seed seeds them all) leaves the caller's random stream exactly as it was.
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+def _block_sizes(
+    x: torch.Tensor, k: int, batch_size: int | None, chunk_size: int | None
+) -> tuple[int, int]:
+    """Datapoints per batch and particles per chunk (the defaults of :func:`log_likelihood`)."""
+    for name, value in (("chunk_size", chunk_size), ("batch_size", batch_size)):
+        if value is not None and int(value) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+    chunk = min(int(chunk_size or 256), k)
+    floats = _FLOATS_PER_BATCH.get(x.device.type, _FLOATS_PER_BATCH_DEFAULT)
+    size = max(1, x[0].numel())
+    if batch_size is None:
+        batch_size = max(1, floats // (chunk * size))
+    batch_size = min(int(batch_size), x.shape[0])
+    if chunk_size is None:
+        # Few datapoints leave the block part-empty: fill it with particles instead, so that
+        # the fixed cost of tracing a chunk is paid fewer times.
+        chunk = min(k, max(chunk, floats // (batch_size * size)))
+    return batch_size, chunk
+
+
+def _batch_diagnostics(
+    diagnostics: Callable[[torch.Tensor], dict[str, torch.Tensor]], lw: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """A diagnostics callable's output on one batch, checked to be per datapoint, on the CPU."""
+    out = {}
+    for name, value in diagnostics(lw).items():
+        value = torch.as_tensor(value)
+        if value.shape != (lw.shape[0],):
+            raise ValueError(
+                f"diagnostics returned {name!r} with shape {tuple(value.shape)}; "
+                f"expected one value per datapoint, ({lw.shape[0]},)"
+            )
+        out[name] = value.cpu()
+    return out
 
 
 def log_likelihood(
@@ -255,9 +153,9 @@ def log_likelihood(
         Particles drawn at once (default at least min(256, K), more when a batch holds few
         datapoints, up to the same block size); memory grows with it, not with K.
     seed
-        Makes the estimate reproducible. The draws then come from a forked copy of
-        torch's random state, so the caller's random stream is left untouched; without
-        a seed the global stream is used (and advanced). Results depend on
+        Makes the estimate reproducible. The draws then come from their own seeded
+        stream (:func:`ppvae.inference.rng.seeded`), so the caller's random stream is left
+        untouched; without a seed the global stream is used (and advanced). Results depend on
         ``chunk_size`` and ``batch_size`` through the order of the draws.
     return_log_weights
         Keep the ``(N, K)`` log-weights in the result.
@@ -288,23 +186,11 @@ def log_likelihood(
         raise ValueError(f"x must hold at least one datapoint, got shape {tuple(x.shape)}")
     if y is not None and y.shape[0] != x.shape[0]:
         raise ValueError(f"y has {y.shape[0]} entries but x has {x.shape[0]} datapoints")
-    for name, value in (("chunk_size", chunk_size), ("batch_size", batch_size)):
-        if value is not None and int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-    chunk = min(int(chunk_size or 256), k)
-    n = x.shape[0]
     if device is not None:
         x = x.to(device)
         y = None if y is None else y.to(device)
-    floats = _FLOATS_PER_BATCH.get(x.device.type, _FLOATS_PER_BATCH_DEFAULT)
-    size = max(1, x[0].numel())
-    if batch_size is None:
-        batch_size = max(1, floats // (chunk * size))
-    batch_size = min(int(batch_size), n)
-    if chunk_size is None:
-        # Few datapoints leave the block part-empty: fill it with particles instead, so that
-        # the fixed cost of tracing a chunk is paid fewer times.
-        chunk = min(k, max(chunk, floats // (batch_size * size)))
+    n = x.shape[0]
+    batch_size, chunk = _block_sizes(x, k, batch_size, chunk_size)
     check = getattr(getattr(model, "__self__", None), "check_data", None)
     if callable(check):
         check(x, y)
@@ -313,14 +199,11 @@ def log_likelihood(
     if isinstance(diagnostics, str):
         if diagnostics != "psis":
             raise ValueError(f"diagnostics must be 'psis', None or a callable, got {diagnostics!r}")
-        # Imported here so that ArviZ loads only when diagnostics are asked for.
-        from ppvae.inference.diagnostics import psis_diagnostics
-
         diagnostics = psis_diagnostics if k >= 2 else None
 
     parts: dict[str, list[torch.Tensor]] = {"est": [], "se": [], "elbo": [], "lw": []}
     diag: dict[str, list[torch.Tensor]] = {}
-    with _seeded(seed), torch.no_grad():
+    with seeded(seed), torch.no_grad():
         for start in tqdm(range(0, n, batch_size), desc="log p(x)", disable=not progress):
             xb = x[start : start + batch_size]
             args = (xb,) if y is None else (xb, y[start : start + batch_size])
@@ -343,14 +226,8 @@ def log_likelihood(
             if return_log_weights:
                 parts["lw"].append(lw.cpu())
             if diagnostics is not None:
-                for name, value in diagnostics(lw).items():
-                    value = torch.as_tensor(value)
-                    if value.shape != (lw.shape[0],):
-                        raise ValueError(
-                            f"diagnostics returned {name!r} with shape {tuple(value.shape)}; "
-                            f"expected one value per datapoint, ({lw.shape[0]},)"
-                        )
-                    diag.setdefault(name, []).append(value.cpu())
+                for name, value in _batch_diagnostics(diagnostics, lw).items():
+                    diag.setdefault(name, []).append(value)
     merged = {name: torch.cat(values) for name, values in diag.items()}
     return LogLikelihoodResult(
         per_datapoint=torch.cat(parts["est"]),
@@ -360,6 +237,6 @@ def log_likelihood(
         log_weights=torch.cat(parts["lw"]) if return_log_weights else None,
         data_fingerprint=_fingerprint(x, y),
         seed=seed,
-        **{name: merged.pop(name) for name in _DIAGNOSTIC_FIELDS if name in merged},
+        **{name: merged.pop(name) for name in DIAGNOSTIC_FIELDS if name in merged},
         extras=merged,
     )

@@ -66,15 +66,23 @@ def as_numpy(t: Any) -> np.ndarray:
 def khat_values(res_or_khat: Any, num_samples: int | None = None) -> tuple[np.ndarray, int]:
     """Per-datapoint k-hat as a float array, and the number of particles S it was fitted on.
 
-    Accepts a ``LogLikelihoodResult`` (its ``khat``, computed from its log-weights when
-    unset) or a bare array of k-hat values with ``num_samples``. Together with
-    :func:`khat_threshold` (S) this is everything a k-hat plot needs.
+    Accepts a ``LogLikelihoodResult`` (the k-hat it carries) or a bare array of k-hat
+    values with ``num_samples``. Together with :func:`khat_threshold` (S) this is everything
+    a k-hat plot needs.
+
+    Raises
+    ------
+    ValueError
+        The result carries no k-hat (it was computed with ``diagnostics=None``), or a bare
+        array comes without ``num_samples``.
     """
     if hasattr(res_or_khat, "per_datapoint"):
         if res_or_khat.khat is None:
-            from ppvae.inference.diagnostics import add_diagnostics
-
-            res_or_khat = add_diagnostics(res_or_khat)
+            raise ValueError(
+                "this result carries no k-hat: compute it with log_likelihood(..., "
+                "diagnostics='psis') (the default), or add it to a result that kept its "
+                "log-weights with ppvae.inference.diagnostics.add_diagnostics(res)"
+            )
         return as_numpy(res_or_khat.khat).astype(float), int(res_or_khat.num_samples)
     if num_samples is None:
         raise ValueError("pass num_samples with a bare k-hat array")
@@ -89,8 +97,8 @@ def khat_summary(
     Parameters
     ----------
     res
-        A ``LogLikelihoodResult`` (its ``khat``, or its log-weights when ``khat`` is
-        unset), or an array of k-hat values together with ``num_samples``.
+        A ``LogLikelihoodResult`` carrying its ``khat`` (see :func:`khat_values`), or an
+        array of k-hat values together with ``num_samples``.
     worst
         How many of the highest k-hat datapoints to list.
     tolerance

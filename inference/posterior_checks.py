@@ -32,6 +32,7 @@ from pyro import poutine
 from pyro.infer import MCMC, NUTS
 
 from ppvae.inference.diagnostics import mcmc_summary
+from ppvae.inference.rng import seeded
 
 __all__ = ["NutsCheck", "nuts_check", "gaussian_w2"]
 
@@ -151,11 +152,9 @@ def nuts_check(
     if num_chains < 2:
         raise ValueError("R-hat needs at least 2 chains")
     args = (x,) if y is None else (x, y)
-    devices = [x.device] if x.device.type == "cuda" else []
     chains = []
-    with torch.random.fork_rng(devices=devices):
-        for chain in range(num_chains):
-            torch.manual_seed(seed + chain)
+    for chain in range(num_chains):
+        with seeded(seed + chain):
             mcmc = MCMC(
                 NUTS(model, jit_compile=False),
                 num_samples=num_samples,
@@ -164,9 +163,9 @@ def nuts_check(
                 disable_progbar=True,
             )
             mcmc.run(*args)
-            chains.append(mcmc.get_samples()[site].detach())
-        samples = torch.stack(chains)
-        torch.manual_seed(seed + num_chains)
+        chains.append(mcmc.get_samples()[site].detach())
+    samples = torch.stack(chains)
+    with seeded(seed + num_chains):
         q_draws = _guide_draws(guide, args, site, guide_samples).to(samples.dtype)
     b = x.shape[0]
     flat = samples.reshape(num_chains, num_samples, b, -1)

@@ -1,4 +1,5 @@
-"""Guide particles scored under the model, and importance-resampled posterior draws.
+"""Guide particles scored under the model, importance-resampled posterior draws, and their
+export to ArviZ.
 
 For every datapoint x_i, ``guide_particles`` draws K particles z_ik ~ q(z | x_i) with
 vectorised Pyro traces (a particle plate at ``dim=-2`` around the data plate at
@@ -12,6 +13,9 @@ importance resampling (SIR): draw indices with probabilities proportional to the
 weights, with replacement. SIR draws are exact in the limit K → ∞ and carry the weights'
 degeneracy with them: when a few particles dominate, the draws repeat those particles,
 which the effective sample size and R-hat of the draws reveal.
+
+``inference_data`` puts such draws, with the log-likelihood estimate and its diagnostics,
+into an ``arviz.InferenceData`` (through :mod:`ppvae.inference.diagnostics`).
 
 The returned site must sit inside the data plate (one latent vector per datapoint).
 Global latent sites, if any, are drawn once per particle and enter every datapoint's
@@ -27,12 +31,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from ppvae.inference.weights import site_log_probs, trace_model_and_guide
+from ppvae.inference.diagnostics import psis_diagnostics, to_inference_data
+from ppvae.inference.importance import log_likelihood
+from ppvae.inference.result import LogLikelihoodResult
+from ppvae.inference.rng import seeded
+from ppvae.inference.traces import trace_model_and_guide
+from ppvae.inference.weights import site_log_probs
 
-__all__ = ["GuideParticles", "guide_particles", "importance_resample"]
+if TYPE_CHECKING:  # pragma: no cover
+    import arviz as az
+
+__all__ = ["GuideParticles", "guide_particles", "importance_resample", "inference_data"]
 
 
 @dataclass
@@ -111,7 +124,8 @@ def guide_particles(
     batch_size, chunk_size
         Datapoints and particles per vectorised pass (memory grows with their product).
     seed
-        Seed of a private random stream (the global torch stream is left untouched).
+        Seed of a private random stream (:func:`ppvae.inference.rng.seeded`: the global
+        stream is left untouched); ``None`` draws from the global stream.
 
     Returns
     -------
@@ -123,10 +137,7 @@ def guide_particles(
     batch_size = batch_size or n
     chunk_size = chunk_size or num_samples
     parts: list[GuideParticles] = []
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded(seed):
         for start in range(0, n, batch_size):
             xb = x[start : start + batch_size]
             args = (xb,) if y is None else (xb, y[start : start + batch_size])
@@ -170,3 +181,65 @@ def importance_resample(
     idx = torch.multinomial(probs, num_draws, replacement=True, generator=gen).T  # (D, N)
     cols = torch.arange(lw.shape[1], device=idx.device).expand_as(idx)
     return particles.z[idx, cols], particles.log_likelihood[idx, cols]
+
+
+def inference_data(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    y: torch.Tensor | None = None,
+    num_samples: int = 1000,
+    num_draws: int = 500,
+    num_chains: int = 2,
+    seed: int = 0,
+    site: str = "z",
+    batch_size: int | None = None,
+    result: LogLikelihoodResult | None = None,
+) -> az.InferenceData:
+    """Estimate log p(x) and export it with importance-resampled posterior draws.
+
+    The log-likelihood estimate and its diagnostics come from
+    :func:`ppvae.inference.importance.log_likelihood` (``num_samples`` particles, unless a
+    ready ``result`` is passed). Each of the ``num_chains`` chains is an independent set of
+    ``num_samples`` guide particles per datapoint, resampled ``num_draws`` times in
+    proportion to their importance weights (sampling importance resampling), so the
+    ``posterior`` group holds approximate draws from p(z | x_i), not guide draws, and
+    ``arviz.summary`` / ``arviz.plot_ess`` on it show how well the weights cover the
+    posterior: duplicated particles lower the ESS, and chains that disagree raise R-hat.
+    ``site`` must be a local site (one latent vector per datapoint, in the data plate).
+
+    See :func:`ppvae.inference.diagnostics.to_inference_data` for the groups.
+    """
+    if result is None:
+        result = log_likelihood(
+            model,
+            guide,
+            x,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            y=y,
+            seed=seed,
+            diagnostics=psis_diagnostics,
+        )
+    zs = []
+    for chain in range(num_chains):
+        particles = guide_particles(
+            model,
+            guide,
+            x,
+            num_samples=num_samples,
+            y=y,
+            site=site,
+            batch_size=batch_size,
+            seed=seed + 1 + chain,
+        )
+        z, _ = importance_resample(particles, num_draws, seed=seed + 1 + chain)
+        zs.append(z.reshape(num_draws, x.shape[0], -1))
+    return to_inference_data(
+        result,
+        posterior_draws=torch.stack(zs),
+        observed=x,
+        labels=y,
+        site=site,
+    )

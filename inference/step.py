@@ -1,5 +1,10 @@
-"""One optimisation step and one evaluation, usable without the training loop; the objective
-and optimizer they use."""
+"""One optimisation step and the validation bound, usable without the training loop, and the
+optimizer they use.
+
+:func:`train_step` is the algorithm's step in the sense of blackjax's ``step -> (state,
+info)``: it updates the parameters in place and returns the loss with a small record; the
+loop, checkpoints and early stopping belong to the caller (:func:`ppvae.inference.train.fit`).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from ppvae.data import BatchLoader
+from ppvae.inference.batches import BatchLoader
 
 __all__ = [
     "StepInfo",
     "TrainingDivergedError",
     "train_step",
-    "evaluate",
-    "make_elbo",
+    "validation_elbo",
     "make_optimizer",
     "OPTIMIZERS",
 ]
@@ -28,39 +31,6 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "rmsprop": torch.optim.RMSprop,
 }
-_JIT_REFUSAL = (
-    "elbo={!r} cannot train ppvae models: Pyro's JIT objectives compile with "
-    "pyro.ops.jit.trace, which fetches every parameter by name from Pyro's global param store, "
-    "but ppvae keeps parameters in their modules (module_local_params=True) and trains them "
-    "with torch.optim, so the lookup fails (and parameters of plain torch submodules would be "
-    "frozen into the trace as constants); use elbo='trace' or elbo='meanfield'"
-)
-
-
-def make_elbo(elbo: str | Any, num_particles: int = 1) -> Any:
-    """The objective for ``elbo``: ``"trace"``, ``"meanfield"``, ``"iwae"`` or an ELBO object.
-
-    ``"trace"`` is ``Trace_ELBO`` and ``"meanfield"`` ``TraceMeanField_ELBO`` (the KL in
-    closed form where Pyro has it), both averaging ``num_particles`` vectorised particles;
-    ``"iwae"`` is the importance-weighted bound with ``num_particles`` samples per datapoint
-    (Burda, Grosse & Salakhutdinov 2016, "Importance Weighted Autoencoders").
-    """
-    if not isinstance(elbo, str):
-        if not hasattr(elbo, "differentiable_loss"):
-            raise ValueError(f"elbo must be a name or have differentiable_loss(), got {elbo!r}")
-        return elbo
-    kw = {"num_particles": num_particles, "vectorize_particles": True, "max_plate_nesting": 1}
-    if elbo == "trace":
-        return Trace_ELBO(**kw)
-    if elbo == "meanfield":
-        return TraceMeanField_ELBO(**kw)
-    if elbo == "iwae":
-        from ppvae.inference.objectives import IWAE_ELBO  # optional until that module exists
-
-        return IWAE_ELBO(num_particles)
-    if elbo in ("jit_trace", "jit_meanfield"):
-        raise ValueError(_JIT_REFUSAL.format(elbo))
-    raise ValueError(f"unknown elbo {elbo!r}: use 'trace', 'meanfield' or 'iwae'")
 
 
 def make_optimizer(
@@ -153,7 +123,7 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(
+def validation_elbo(
     objective: Any,
     vae: Any,
     x: torch.Tensor,

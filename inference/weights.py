@@ -12,7 +12,7 @@ plate to the left of the model's plates, with the model replayed on the guide's 
 part (inside the data plate: one term per datapoint) and a *global* part (outside it:
 one term per particle). Both the importance-sampled log-likelihood
 (:mod:`ppvae.inference.importance`) and the importance-weighted objective
-(:mod:`ppvae.inference.objectives`) are built from these pieces.
+(:mod:`ppvae.inference.iwae`) are built from these pieces.
 
 Only the traces are read, so any Pyro model/guide pair with that plate layout works,
 not only ppvae's ``VAE``. Log-densities are taken *unscaled*: a plate that subsamples a
@@ -32,29 +32,9 @@ from typing import Any, Literal
 import torch
 from pyro import poutine
 
-# Re-exported: the other inference modules import the trace helpers from here.
-from ppvae.inference.traces import (
-    PARTICLE_PLATE,  # noqa: F401
-    SharedGlobals,
-    _data_frame,
-    checked_traces,
-    particle_plate,
-    replay,
-    trace_guide,
-    trace_model_and_guide,
-)
+from ppvae.inference.traces import _data_frame, trace_model_and_guide
 
-__all__ = [
-    "SiteLogProbs",
-    "SharedGlobals",
-    "particle_plate",
-    "trace_guide",
-    "replay",
-    "trace_model_and_guide",
-    "checked_traces",
-    "site_log_probs",
-    "per_datapoint_log_weights",
-]
+__all__ = ["SiteLogProbs", "site_log_probs", "per_datapoint_log_weights"]
 
 
 def _mask(lp: torch.Tensor, mask: Any) -> torch.Tensor:

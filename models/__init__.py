@@ -1,4 +1,9 @@
-"""Model components: priors, likelihoods, networks, guides and VAE variants."""
+"""Model components: priors, likelihoods, networks, guides and VAE variants.
+
+The registries of components by name (:data:`PRIORS`, :data:`LIKELIHOODS`,
+:data:`GUIDES`, :data:`ENCODERS`, :data:`DECODERS`) and :func:`build` live in
+:mod:`ppvae.models.registry`, which imports every component module first.
+"""
 
 import pyro
 
@@ -7,26 +12,23 @@ import pyro
 # PyTorch-style training).
 pyro.settings.set(module_local_params=True)
 
+from ppvae.models.constraints import softplus_greater_than  # noqa: E402
 from ppvae.models.distributions import DiscretizedLogistic  # noqa: E402
 from ppvae.models.flows import FlowGuide, IAFGuide, SplineFlowGuide  # noqa: E402
 from ppvae.models.guides import (  # noqa: E402
-    GUIDES,
     DiagonalNormalGuide,
     FullRankNormalGuide,
     Guide,
     LowRankNormalGuide,
-    make_guide,
 )
 from ppvae.models.hierarchical import TwoLayerVAE  # noqa: E402
 from ppvae.models.likelihoods import (  # noqa: E402
-    LIKELIHOODS,
     BernoulliLikelihood,
     BinomialLikelihood,
     ContinuousBernoulliLikelihood,
     GaussianLikelihood,
     Likelihood,
     PoissonLikelihood,
-    make_likelihood,
 )
 from ppvae.models.linear_gaussian import (  # noqa: E402
     LinearGaussianModel,
@@ -40,14 +42,21 @@ from ppvae.models.pixel_likelihoods import (  # noqa: E402
     DiscretizedLogisticLikelihood,
 )
 from ppvae.models.priors import (  # noqa: E402
-    PRIORS,
     ARDPrior,
     LearnedNormal,
     MixtureOfGaussians,
     Prior,
     StandardNormal,
     StudentTPrior,
-    make_prior,
+)
+from ppvae.models.registry import (  # noqa: E402
+    DECODERS,
+    ENCODERS,
+    GUIDES,
+    LIKELIHOODS,
+    PRIORS,
+    Registry,
+    build,
 )
 from ppvae.models.vae import VAE  # noqa: E402
 from ppvae.models.vamp import VampPrior  # noqa: E402
@@ -62,8 +71,6 @@ __all__ = [
     "VampPrior",
     "StudentTPrior",
     "ARDPrior",
-    "PRIORS",
-    "make_prior",
     "Likelihood",
     "BernoulliLikelihood",
     "BinomialLikelihood",
@@ -73,8 +80,6 @@ __all__ = [
     "CategoricalLikelihood",
     "DiscretizedLogisticLikelihood",
     "DiscretizedLogistic",
-    "LIKELIHOODS",
-    "make_likelihood",
     "Guide",
     "DiagonalNormalGuide",
     "LowRankNormalGuide",
@@ -82,12 +87,18 @@ __all__ = [
     "FlowGuide",
     "IAFGuide",
     "SplineFlowGuide",
-    "GUIDES",
-    "make_guide",
     "MLPEncoder",
     "MLPDecoder",
     "ConvEncoder",
     "ConvDecoder",
+    "Registry",
+    "PRIORS",
+    "LIKELIHOODS",
+    "GUIDES",
+    "ENCODERS",
+    "DECODERS",
+    "build",
+    "softplus_greater_than",
     "LinearGaussianModel",
     "PosteriorGuide",
     "LinearGuide",

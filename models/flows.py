@@ -12,8 +12,6 @@ did not draw still works, through the exact inverse.
 Under vectorised particles Pyro expands the returned distribution to ``(P, B)`` and
 the steps receive inputs ``(P, B, D)`` with a context ``(B, H)``; the autoregressive
 networks broadcast the context over the leading dims.
-
-Importing this module registers ``"iaf"`` and ``"nsf"`` in :data:`GUIDES`.
 """
 
 from __future__ import annotations
@@ -32,9 +30,8 @@ from pyro.distributions.transforms import (
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 from torch.distributions import Transform
-from torch.nn import functional as F
 
-from ppvae.models.guides import _MIN_SCALE, GUIDES, Guide
+from ppvae.models.guides import Guide
 
 __all__ = ["FlowGuide", "IAFGuide", "SplineFlowGuide"]
 
@@ -114,7 +111,7 @@ class FlowGuide(Guide):
         loc, raw_scale, context = self.head(self.encoder(x, y)).split(
             [d, d, self.context_dim], dim=-1
         )
-        return loc, F.softplus(raw_scale) + _MIN_SCALE, context
+        return loc, self.to_scale(raw_scale), context
 
     def _flow(self, context: torch.Tensor) -> list[Transform]:
         """The steps conditioned on ``context``, with order reversals in between."""
@@ -238,6 +235,3 @@ class SplineFlowGuide(FlowGuide):
         transforms = self._flow(context)
         transforms.append(AffineTransform(loc, scale, event_dim=1, cache_size=1))
         return dist.TransformedDistribution(base.to_event(1), transforms, validate_args=False)
-
-
-GUIDES.update(iaf=IAFGuide, nsf=SplineFlowGuide)

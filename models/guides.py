@@ -5,10 +5,9 @@ and a linear head that maps its features to the parameters of the distribution i
 returns. ``forward(x, y=None)`` returns a ``pyro.distributions`` object with batch
 shape ``x.shape[:-len(event_shape)]`` and event shape ``(latent_dim,)``.
 
-This module holds the Gaussian guides (diagonal, low-rank, full-rank covariance)
-and the registry; the normalising-flow guides live in :mod:`ppvae.models.flows`,
-which registers them in :data:`GUIDES` when it is imported (this module imports it
-at its end, so the registry is always complete).
+This module holds the Gaussian guides (diagonal, low-rank, full-rank covariance);
+the normalising-flow guides live in :mod:`ppvae.models.flows`, and the registry of
+guides by name is :data:`ppvae.models.registry.GUIDES`.
 """
 
 from __future__ import annotations
@@ -17,18 +16,16 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from torch import nn
-from torch.nn import functional as F
+from torch.distributions import Transform, transform_to
+
+from ppvae.models.constraints import softplus_greater_than
 
 __all__ = [
     "Guide",
     "DiagonalNormalGuide",
     "LowRankNormalGuide",
     "FullRankNormalGuide",
-    "GUIDES",
-    "make_guide",
 ]
-
-_MIN_SCALE = 1e-5
 
 
 class Guide(PyroModule):
@@ -44,6 +41,9 @@ class Guide(PyroModule):
 
     #: Whether ``forward`` returns a Gaussian with analytic mean and covariance.
     gaussian: bool = True
+    #: Maps an unconstrained encoder output onto a standard deviation above 1e-5
+    #: (``1e-5 + softplus``), so that log q stays finite where the softplus underflows.
+    to_scale: Transform = transform_to(softplus_greater_than(1e-5))
 
     def __init__(self, encoder: nn.Module, latent_dim: int) -> None:
         super().__init__()
@@ -78,8 +78,7 @@ class DiagonalNormalGuide(Guide):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
         loc, raw_scale = self.head(self.encoder(x, y)).chunk(2, dim=-1)
-        scale = F.softplus(raw_scale) + _MIN_SCALE
-        return dist.Normal(loc, scale, validate_args=False).to_event(1)
+        return dist.Normal(loc, self.to_scale(raw_scale), validate_args=False).to_event(1)
 
 
 class LowRankNormalGuide(Guide):
@@ -120,7 +119,7 @@ class LowRankNormalGuide(Guide):
         d = self.latent_dim
         out = self.head(self.encoder(x, y))
         loc, raw_scale, v = out.split([d, d, d * self.rank], dim=-1)
-        scale = F.softplus(raw_scale) + _MIN_SCALE
+        scale = self.to_scale(raw_scale)
         cov_factor = scale.unsqueeze(-1) * v.reshape(*v.shape[:-1], d, self.rank)
         return dist.LowRankMultivariateNormal(loc, cov_factor, scale**2, validate_args=False)
 
@@ -129,7 +128,7 @@ class FullRankNormalGuide(Guide):
     """Gaussian q(z | x) = N(μ(x), L(x) L(x)ᵀ) with a full lower-triangular Cholesky factor.
 
     The head emits ``latent_dim (latent_dim + 1) / 2`` entries of L; the diagonal goes
-    through a softplus so that L is a valid Cholesky factor.
+    through :attr:`Guide.to_scale` so that L is a valid Cholesky factor.
 
     References
     ----------
@@ -150,32 +149,6 @@ class FullRankNormalGuide(Guide):
         loc, entries = self.head(self.encoder(x, y)).split([d, d * (d + 1) // 2], dim=-1)
         tril = loc.new_zeros(*loc.shape[:-1], d, d)
         tril[..., self._rows, self._cols] = entries
-        diag = F.softplus(tril.diagonal(dim1=-2, dim2=-1)) + _MIN_SCALE
+        diag = self.to_scale(tril.diagonal(dim1=-2, dim2=-1))
         scale_tril = tril.tril(-1) + torch.diag_embed(diag)
         return dist.MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
-
-
-GUIDES: dict[str, type[Guide]] = {
-    "diagonal": DiagonalNormalGuide,
-    "lowrank": LowRankNormalGuide,
-    "fullrank": FullRankNormalGuide,
-}
-
-
-def make_guide(guide: str | nn.Module, encoder: nn.Module, latent_dim: int, **kwargs) -> nn.Module:
-    """Build a guide from its registered name, or pass a module instance through."""
-    if isinstance(guide, nn.Module):
-        return guide
-    try:
-        cls = GUIDES[guide]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown guide {guide!r}: choose one of {sorted(GUIDES)} "
-            "or pass a ppvae.models.Guide instance"
-        ) from None
-    return cls(encoder, latent_dim, **kwargs)
-
-
-# Registers the flow guides. A plain ``import`` (not ``from ... import``) tolerates the
-# partially initialised module when ``flows`` is the one imported first.
-import ppvae.models.flows  # noqa: E402, F401

@@ -18,7 +18,7 @@ from torch import nn
 
 from ppvae.models.guides import DiagonalNormalGuide
 from ppvae.models.networks import MLPEncoder
-from ppvae.models.priors import make_prior
+from ppvae.models.priors import StandardNormal
 from ppvae.models.vae import VAE
 
 __all__ = ["TwoLayerVAE"]
@@ -94,7 +94,7 @@ class TwoLayerVAE(VAE):
         config.update(latent_dims=[d1, d2], latent_hidden=list(latent_hidden))
         self.config = {"class": "TwoLayerVAE", **config}
         # The top prior p(z2); the inherited prior over z1 is replaced.
-        self.prior = make_prior("normal", d2)
+        self.prior = StandardNormal(d2)
         # Conditional diagonal Gaussians with an MLP for their parameters: the same
         # module as the data-level diagonal guide, applied to a latent instead of x.
         self.p_z1 = DiagonalNormalGuide(MLPEncoder((d2,), tuple(latent_hidden), activation), d1)

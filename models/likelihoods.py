@@ -7,7 +7,8 @@ A likelihood declares the shape of the parameters it needs per datapoint
 (:meth:`Likelihood.check_support`) with a message that says what to do instead.
 :meth:`Likelihood.value_range` tells other components (the VampPrior's
 pseudo-inputs) where data can lie. The 8-bit image likelihoods live in
-:mod:`ppvae.models.pixel_likelihoods`, which registers them in :data:`LIKELIHOODS`.
+:mod:`ppvae.models.pixel_likelihoods`; the registry of likelihoods by name is
+:data:`ppvae.models.registry.LIKELIHOODS`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
-from torch import nn
-from torch.nn import functional as F
+from pyro.nn import PyroModule, PyroParam
+from torch.distributions import transform_to
+
+from ppvae.models.constraints import softplus_greater_than
 
 __all__ = [
     "Likelihood",
@@ -28,17 +30,11 @@ __all__ = [
     "ContinuousBernoulliLikelihood",
     "GaussianLikelihood",
     "PoissonLikelihood",
-    "LIKELIHOODS",
-    "make_likelihood",
 ]
 
 
 def _range(x: torch.Tensor) -> str:
     return f"[{x.min().item():g}, {x.max().item():g}]"
-
-
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
 
 
 class Likelihood(PyroModule):
@@ -179,13 +175,15 @@ class GaussianLikelihood(Likelihood):
         Shape of one datapoint.
     scale
         ``"feature"``: one learned scale per feature, shared by all datapoints (the
-        decoder outputs the mean only). ``"datapoint"``: the decoder outputs the mean
-        and a raw scale for every feature of every datapoint.
+        decoder outputs the mean only), held in :attr:`feature_scale`.
+        ``"datapoint"``: the decoder outputs the mean and an unconstrained scale for
+        every feature of every datapoint.
     init_scale
         Initial standard deviation of the ``"feature"`` variant.
     min_scale
-        Floor added to the softplus of the raw scale; without it the likelihood of
-        a constant feature (e.g. a border pixel) grows without bound.
+        Lower bound of the scale (``min_scale + softplus`` of its unconstrained value);
+        without it the likelihood of a constant feature (e.g. a border pixel) grows
+        without bound.
     """
 
     name = "gaussian"
@@ -204,17 +202,19 @@ class GaussianLikelihood(Likelihood):
             raise ValueError(f"init_scale ({init_scale}) must exceed min_scale ({min_scale})")
         self.scale_mode = scale
         self.min_scale = float(min_scale)
+        positive = softplus_greater_than(self.min_scale)
         if scale == "feature":
-            raw = _inverse_softplus(init_scale - min_scale)
-            self.raw_scale = nn.Parameter(torch.full(self.event_shape, raw))
+            init = torch.full(self.event_shape, float(init_scale))
+            self.feature_scale = PyroParam(init, constraint=positive)
         else:
             self.params_per_feature = 2
+            self._to_scale = transform_to(positive)
 
     def _loc_scale(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.scale_mode == "feature":
-            return params, F.softplus(self.raw_scale) + self.min_scale
-        loc, raw = params.unbind(-1)
-        return loc, F.softplus(raw) + self.min_scale
+            return params, self.feature_scale
+        loc, unconstrained = params.unbind(-1)
+        return loc, self._to_scale(unconstrained)
 
     def distribution(self, params: torch.Tensor) -> dist.Distribution:
         loc, scale = self._loc_scale(params)
@@ -226,12 +226,13 @@ class GaussianLikelihood(Likelihood):
 
 
 class PoissonLikelihood(Likelihood):
-    """Independent Poisson counts with rate ``softplus(decoder output)``.
+    """Independent Poisson counts with rate ``min_rate + softplus(decoder output)``.
 
     Softplus rather than exp: the rate then grows linearly, not exponentially, with
     the decoder output, so a large output early in training does not produce an
     enormous rate and gradient; a small floor keeps the rate positive where the
-    softplus underflows, so positive counts never get probability zero.
+    softplus underflows, so positive counts never get probability zero. The map is
+    ``transform_to(softplus_greater_than(min_rate))``.
 
     Parameters
     ----------
@@ -246,9 +247,10 @@ class PoissonLikelihood(Likelihood):
     def __init__(self, event_shape: Sequence[int], min_rate: float = 1e-6) -> None:
         super().__init__(event_shape)
         self.min_rate = float(min_rate)
+        self._to_rate = transform_to(softplus_greater_than(self.min_rate))
 
     def distribution(self, params: torch.Tensor) -> dist.Distribution:
-        return dist.Poisson(F.softplus(params) + self.min_rate, validate_args=False)
+        return dist.Poisson(self._to_rate(params), validate_args=False)
 
     def value_range(self) -> tuple[float, float]:
         return (0.0, math.inf)
@@ -261,30 +263,3 @@ class PoissonLikelihood(Likelihood):
                 x,
                 "use likelihood='gaussian' for real-valued data",
             )
-
-
-# The 8-bit image likelihoods are added by ppvae.models.pixel_likelihoods, which
-# ppvae.models imports.
-LIKELIHOODS: dict[str, type[Likelihood]] = {
-    "bernoulli": BernoulliLikelihood,
-    "binomial": BinomialLikelihood,
-    "continuous_bernoulli": ContinuousBernoulliLikelihood,
-    "gaussian": GaussianLikelihood,
-    "poisson": PoissonLikelihood,
-}
-
-
-def make_likelihood(
-    likelihood: str | Likelihood, event_shape: Sequence[int], **kwargs
-) -> Likelihood:
-    """Build a likelihood from its registered name, or pass an instance through."""
-    if isinstance(likelihood, Likelihood):
-        return likelihood
-    try:
-        cls = LIKELIHOODS[likelihood]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown likelihood {likelihood!r}: choose one of {sorted(LIKELIHOODS)} "
-            "or pass a ppvae.models.Likelihood instance"
-        ) from None
-    return cls(event_shape, **kwargs)

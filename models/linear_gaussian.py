@@ -19,8 +19,9 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
+from pyro.nn import PyroModule, PyroParam
 from torch import nn
+from torch.distributions import constraints
 
 __all__ = ["LinearGaussianModel", "PosteriorGuide", "LinearGuide", "ppca_max_log_likelihood"]
 
@@ -60,11 +61,10 @@ class LinearGaussianModel(PyroModule):
         self.bias = nn.Parameter(
             torch.zeros(data_dim) if bias is None else torch.as_tensor(bias).clone()
         )
-        self.log_noise = nn.Parameter(torch.tensor(float(noise_scale)).log())
-
-    @property
-    def noise_scale(self) -> torch.Tensor:
-        return self.log_noise.exp()
+        # σ, stored as log σ (the exp transform of constraints.positive).
+        self.noise_scale = PyroParam(
+            torch.tensor(float(noise_scale)), constraint=constraints.positive
+        )
 
     def model(self, x: torch.Tensor, *, num_data: int | None = None) -> None:
         zeros = self.weight.new_zeros(self.latent_dim)
@@ -125,17 +125,20 @@ class PosteriorGuide(PyroModule):
 
 
 class LinearGuide(PyroModule):
-    """Amortised guide N(A x + c, L Lᵀ): the family that contains pPCA's exact posterior."""
+    """Amortised guide N(A x + c, L Lᵀ): the family that contains pPCA's exact posterior.
+
+    L is a ``PyroParam`` constrained to lower-Cholesky factors (exp on the diagonal),
+    initialised at the identity.
+    """
 
     def __init__(self, data_dim: int, latent_dim: int) -> None:
         super().__init__()
         self.linear = nn.Linear(data_dim, latent_dim)
-        self.raw_tril = nn.Parameter(torch.zeros(latent_dim, latent_dim))
+        self.scale_tril = PyroParam(torch.eye(latent_dim), constraint=constraints.lower_cholesky)
         self.latent_dim = latent_dim
 
     def forward(self, x: torch.Tensor) -> dist.MultivariateNormal:
-        tril = torch.tril(self.raw_tril, -1) + torch.diag_embed(self.raw_tril.diagonal().exp())
-        return dist.MultivariateNormal(self.linear(x), scale_tril=tril)
+        return dist.MultivariateNormal(self.linear(x), scale_tril=self.scale_tril)
 
     def guide(self, x: torch.Tensor, *, num_data: int | None = None) -> None:
         with _plate(x, num_data):

@@ -1,9 +1,4 @@
-"""Likelihoods for 8-bit images: integer intensity levels ``0..num_values-1`` per pixel.
-
-Importing this module registers ``"categorical"`` and ``"discretized_logistic"`` in
-:data:`ppvae.models.likelihoods.LIKELIHOODS`; :mod:`ppvae.models` imports it, so the
-registry is complete whichever of its submodules is imported first.
-"""
+"""Likelihoods for 8-bit images: integer intensity levels ``0..num_values-1`` per pixel."""
 
 from __future__ import annotations
 
@@ -13,7 +8,7 @@ import pyro.distributions as dist
 import torch
 
 from ppvae.models.distributions import DiscretizedLogistic
-from ppvae.models.likelihoods import LIKELIHOODS, Likelihood
+from ppvae.models.likelihoods import Likelihood
 
 __all__ = ["CategoricalLikelihood", "DiscretizedLogisticLikelihood"]
 
@@ -78,7 +73,9 @@ class DiscretizedLogisticLikelihood(_IntegerLevels):
 
     The decoder outputs a location on the rescaled axis [-1, 1] and a log-scale per
     pixel; the log-scale is clamped below at ``min_log_scale`` as in PixelCNN++,
-    which keeps the density finite once a pixel's mass sits in a single bin.
+    which keeps the density finite once a pixel's mass sits in a single bin. (A clamp
+    of a network output, not a constrained parameter: below the clamp the gradient is
+    zero, which is the published recipe.)
 
     Parameters
     ----------
@@ -108,8 +105,3 @@ class DiscretizedLogisticLikelihood(_IntegerLevels):
         loc, log_scale = params.unbind(-1)
         scale = log_scale.clamp(min=self.min_log_scale).exp()
         return DiscretizedLogistic(loc, scale, self.num_values, validate_args=False)
-
-
-LIKELIHOODS.update(
-    categorical=CategoricalLikelihood, discretized_logistic=DiscretizedLogisticLikelihood
-)

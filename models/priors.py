@@ -10,7 +10,8 @@ particles has batch shape ``(P, 1)``).
 
 A prior that needs the rest of the model (the VampPrior pushes pseudo-inputs
 through the guide) receives it in :meth:`Prior.setup`, called once by the VAE.
-The VampPrior lives in :mod:`ppvae.models.vamp`, which registers it in :data:`PRIORS`.
+The VampPrior lives in :mod:`ppvae.models.vamp`; the registry of priors by name is
+:data:`ppvae.models.registry.PRIORS`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import TYPE_CHECKING
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
+from pyro.nn import PyroModule, PyroParam
 from torch import nn
-from torch.nn import functional as F
 
-if TYPE_CHECKING:  # pragma: no cover
+from ppvae.models.constraints import softplus_greater_than
+
+if TYPE_CHECKING:  # pragma: no cover - the VAE module imports the priors, not the reverse
     from ppvae.models.vae import VAE
 
 __all__ = [
@@ -34,16 +36,10 @@ __all__ = [
     "MixtureOfGaussians",
     "StudentTPrior",
     "ARDPrior",
-    "PRIORS",
-    "make_prior",
 ]
 
-_MIN_SCALE = 1e-4
-
-
-def _inverse_softplus(y: torch.Tensor | float) -> torch.Tensor:
-    y = torch.as_tensor(y, dtype=torch.get_default_dtype())
-    return y + torch.log(-torch.expm1(-y))
+# Learned scales stay above 1e-4, so that a collapsing dimension cannot make log p(z) infinite.
+_SCALE = softplus_greater_than(1e-4)
 
 
 class Prior(PyroModule):
@@ -81,7 +77,7 @@ class StandardNormal(Prior):
 
 
 class LearnedNormal(Prior):
-    """A diagonal Gaussian N(μ, diag σ²) with learned μ and σ = softplus(ρ) + floor.
+    """A diagonal Gaussian N(μ, diag σ²) with learned μ and σ > 1e-4 (σ = 1e-4 + softplus(ρ)).
 
     Initialised at N(0, I). With a flexible decoder this adds little (an affine
     map of z can be absorbed by the decoder) but it is the simplest learned prior.
@@ -90,12 +86,10 @@ class LearnedNormal(Prior):
     def __init__(self, latent_dim: int) -> None:
         super().__init__(latent_dim)
         self.loc = nn.Parameter(torch.zeros(self.latent_dim))
-        raw = _inverse_softplus(1.0 - _MIN_SCALE)
-        self.raw_scale = nn.Parameter(raw.expand(self.latent_dim).clone())
+        self.scale = PyroParam(torch.ones(self.latent_dim), constraint=_SCALE)
 
     def forward(self) -> dist.Distribution:
-        scale = F.softplus(self.raw_scale) + _MIN_SCALE
-        return dist.Normal(self.loc, scale, validate_args=False).to_event(1)
+        return dist.Normal(self.loc, self.scale, validate_args=False).to_event(1)
 
 
 class MixtureOfGaussians(Prior):
@@ -123,12 +117,10 @@ class MixtureOfGaussians(Prior):
         shape = (self.num_components, self.latent_dim)
         self.logits = nn.Parameter(torch.zeros(self.num_components))
         self.locs = nn.Parameter(torch.randn(shape))
-        raw = _inverse_softplus(init_scale - _MIN_SCALE)
-        self.raw_scales = nn.Parameter(raw.expand(shape).clone())
+        self.scales = PyroParam(torch.full(shape, float(init_scale)), constraint=_SCALE)
 
     def forward(self) -> dist.Distribution:
-        scales = F.softplus(self.raw_scales) + _MIN_SCALE
-        components = dist.Normal(self.locs, scales, validate_args=False).to_event(1)
+        components = dist.Normal(self.locs, self.scales, validate_args=False).to_event(1)
         mixing = dist.Categorical(logits=self.logits, validate_args=False)
         return dist.MixtureSameFamily(mixing, components, validate_args=False)
 
@@ -137,8 +129,8 @@ class StudentTPrior(Prior):
     """Independent Student-t latents with learned degrees of freedom, location 0, scale 1.
 
     Heavier tails than the Gaussian let a few datapoints sit far out in latent space
-    without a large KL penalty. ``df = softplus(ρ) + min_df`` per dimension; the
-    default floor 1 keeps the mean defined.
+    without a large KL penalty. ``df = min_df + softplus(ρ)`` per dimension (a
+    ``PyroParam`` constrained above ``min_df``); the default floor 1 keeps the mean defined.
 
     Parameters
     ----------
@@ -160,14 +152,12 @@ class StudentTPrior(Prior):
         if not init_df > min_df:
             raise ValueError(f"init_df ({init_df}) must exceed min_df ({min_df})")
         self.min_df = float(min_df)
-        raw = _inverse_softplus(init_df - min_df)
-        self.raw_df = nn.Parameter(raw.expand(self.latent_dim).clone())
+        # Degrees of freedom per latent dimension.
+        self.df = PyroParam(
+            torch.full((self.latent_dim,), float(init_df)),
+            constraint=softplus_greater_than(self.min_df),
+        )
         self.register_buffer("loc", torch.zeros(self.latent_dim))
-
-    @property
-    def df(self) -> torch.Tensor:
-        """Degrees of freedom per latent dimension."""
-        return F.softplus(self.raw_df) + self.min_df
 
     def forward(self) -> dist.Distribution:
         return dist.StudentT(self.df, self.loc, 1.0, validate_args=False).to_event(1)
@@ -203,8 +193,8 @@ class ARDPrior(Prior):
         self.register_buffer("b", torch.tensor(float(b)))
         self.register_buffer("loc", torch.zeros(self.latent_dim))
         self.guide_loc = nn.Parameter(torch.zeros(self.latent_dim))
-        raw = _inverse_softplus(0.1)
-        self.guide_raw_scale = nn.Parameter(raw.expand(self.latent_dim).clone())
+        # q(τ) starts narrow on the log scale (0.1 above the floor), centred at τ = 1.
+        self.guide_scale = PyroParam(torch.full((self.latent_dim,), 0.1 + 1e-4), constraint=_SCALE)
 
     def forward(self) -> dist.Distribution:
         hyper = dist.Gamma(self.a, self.b, validate_args=False).expand([self.latent_dim])
@@ -212,39 +202,5 @@ class ARDPrior(Prior):
         return dist.Normal(self.loc, tau.rsqrt(), validate_args=False).to_event(1)
 
     def guide(self) -> None:
-        scale = F.softplus(self.guide_raw_scale) + _MIN_SCALE
-        q = dist.LogNormal(self.guide_loc, scale, validate_args=False)
+        q = dist.LogNormal(self.guide_loc, self.guide_scale, validate_args=False)
         pyro.sample(self.site, q.to_event(1))
-
-
-# "vamp" is added by ppvae.models.vamp, which ppvae.models imports.
-PRIORS: dict[str, type[Prior]] = {
-    "normal": StandardNormal,
-    "learned_normal": LearnedNormal,
-    "mixture": MixtureOfGaussians,
-    "student_t": StudentTPrior,
-    "ard": ARDPrior,
-}
-
-
-def make_prior(prior: str | torch.nn.Module, latent_dim: int, **kwargs) -> torch.nn.Module:
-    """Build a prior from its registered name, or pass a module instance through.
-
-    Any ``torch.nn.Module`` whose ``forward()`` returns a distribution over one
-    latent vector is accepted; :class:`Prior` adds the optional hooks.
-    """
-    if isinstance(prior, torch.nn.Module):
-        if getattr(prior, "latent_dim", latent_dim) != latent_dim:
-            raise ValueError(
-                f"prior has latent_dim={prior.latent_dim} but the VAE has {latent_dim}: "
-                "construct them with the same latent_dim"
-            )
-        return prior
-    try:
-        cls = PRIORS[prior]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown prior {prior!r}: choose one of {sorted(PRIORS)} "
-            "or pass a ppvae.models.Prior instance"
-        ) from None
-    return cls(latent_dim, **kwargs)

@@ -12,7 +12,7 @@ outside the plate) are counted once.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pyro
@@ -22,24 +22,24 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.nn import functional as F
 
-from ppvae.models.guides import make_guide
-from ppvae.models.likelihoods import make_likelihood
-from ppvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from ppvae.models.priors import make_prior
+from ppvae.models.networks import MLPDecoder, MLPEncoder
+from ppvae.models.registry import (
+    DECODERS,
+    ENCODERS,
+    GUIDES,
+    LIKELIHOODS,
+    PRIORS,
+    Registry,
+    build,
+)
 
 __all__ = ["VAE"]
 
-ENCODERS: dict[str, Callable[..., nn.Module]] = {"mlp": MLPEncoder, "conv": ConvEncoder}
-DECODERS: dict[str, Callable[..., nn.Module]] = {"mlp": MLPDecoder, "conv": ConvDecoder}
 
-
-def _lookup(table: dict[str, Any], key: str, what: str) -> Any:
-    try:
-        return table[key]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown {what} {key!r}: choose one of {sorted(table)} or pass a torch.nn.Module"
-        ) from None
+def _widths(registry: Registry, spec: str | nn.Module, hidden: Sequence[int]) -> dict[str, Any]:
+    """``hidden=`` for the MLPs, which take their widths; the convolutional nets fix theirs."""
+    takes_widths = isinstance(spec, str) and registry.get(spec) in (MLPEncoder, MLPDecoder)
+    return {"hidden": tuple(hidden)} if takes_widths else {}
 
 
 def _input_scale(likelihood: nn.Module) -> float:
@@ -121,32 +121,31 @@ class VAE(PyroModule):
             likelihood_kwargs=dict(likelihood_kwargs or {}),
             guide_kwargs=dict(guide_kwargs or {}),
         )
-        self.likelihood = make_likelihood(
-            likelihood, self.event_shape, **self.config["likelihood_kwargs"]
+        cfg = self.config
+        d = self.latent_dim
+        self.likelihood = build(
+            LIKELIHOODS, likelihood, event_shape=self.event_shape, **cfg["likelihood_kwargs"]
         )
-        if isinstance(encoder, str):
-            cls = _lookup(ENCODERS, encoder, "encoder")
-            kw = {"hidden": tuple(hidden)} if cls is MLPEncoder else {}
-            encoder = cls(
-                self.event_shape,
-                activation=activation,
-                num_labels=num_labels,
-                input_scale=_input_scale(self.likelihood),
-                **kw,
+        net = dict(activation=activation, num_labels=num_labels)
+        encoder = build(
+            ENCODERS,
+            encoder,
+            in_shape=self.event_shape,
+            input_scale=_input_scale(self.likelihood),
+            **net,
+            **_widths(ENCODERS, encoder, hidden),
+        )
+        out_shape = self.likelihood.param_shape()
+        widths = _widths(DECODERS, decoder, tuple(reversed(hidden)))
+        self.decoder = build(DECODERS, decoder, latent_dim=d, out_shape=out_shape, **net, **widths)
+        # The guide's module; ``self.guide`` is the Pyro program that samples from it.
+        self.guide_net = build(GUIDES, guide, encoder=encoder, latent_dim=d, **cfg["guide_kwargs"])
+        self.prior = build(PRIORS, prior, latent_dim=d, **cfg["prior_kwargs"])
+        if getattr(self.prior, "latent_dim", d) != d:
+            raise ValueError(
+                f"prior has latent_dim={self.prior.latent_dim} but the VAE has {d}: "
+                "construct them with the same latent_dim"
             )
-        if isinstance(decoder, str):
-            cls = _lookup(DECODERS, decoder, "decoder")
-            kw = {"hidden": tuple(reversed(hidden))} if cls is MLPDecoder else {}
-            decoder = cls(
-                self.latent_dim,
-                self.likelihood.param_shape(),
-                activation=activation,
-                num_labels=num_labels,
-                **kw,
-            )
-        self.decoder = decoder
-        self.q = make_guide(guide, encoder, self.latent_dim, **self.config["guide_kwargs"])
-        self.prior = make_prior(prior, self.latent_dim, **self.config["prior_kwargs"])
         if hasattr(self.prior, "setup"):
             self.prior.setup(self)
 
@@ -172,7 +171,7 @@ class VAE(PyroModule):
         return pyro.plate("data", num_data, subsample=index, dim=-1)
 
     def _guide_dist(self, x: torch.Tensor, y1h: torch.Tensor | None) -> dist.Distribution:
-        return self.q(x) if y1h is None else self.q(x, y1h)
+        return self.guide_net(x) if y1h is None else self.guide_net(x, y1h)
 
     def model(
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, num_data: int | None = None
@@ -251,8 +250,8 @@ class VAE(PyroModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and marginal standard deviation of q(z | x)."""
         y1h = self._onehot(y, x.shape[0])
-        if hasattr(self.q, "mean_and_scale"):
-            return self.q.mean_and_scale(x, y1h)
+        if hasattr(self.guide_net, "mean_and_scale"):
+            return self.guide_net.mean_and_scale(x, y1h)
         q = self._guide_dist(x, y1h)
         return q.mean, q.variance.sqrt()
 

@@ -1,9 +1,4 @@
-"""The VampPrior: a mixture of the guide's posteriors at learned pseudo-inputs.
-
-Importing this module registers ``"vamp"`` in :data:`ppvae.models.priors.PRIORS`;
-:mod:`ppvae.models` imports it, so the registry is complete whichever of its submodules
-is imported first.
-"""
+"""The VampPrior: a mixture of the guide's posteriors at learned pseudo-inputs."""
 
 from __future__ import annotations
 
@@ -13,11 +8,12 @@ from typing import TYPE_CHECKING
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.distributions import constraints, transform_to
 
-from ppvae.models.priors import PRIORS, Prior, _inverse_softplus
+from ppvae.models.constraints import softplus_greater_than
+from ppvae.models.priors import Prior
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover - the VAE module imports the priors, not the reverse
     from ppvae.models.vae import VAE
 
 __all__ = ["VampPrior"]
@@ -28,12 +24,13 @@ class VampPrior(Prior):
 
     The pseudo-inputs are learned together with the VAE. They are stored
     unconstrained and mapped into the likelihood's value range
-    (:meth:`Likelihood.value_range`): ``low + (high - low) · sigmoid`` for a bounded
-    range (binary, counts out of a total, 8-bit levels), ``low + softplus`` for a
-    range bounded below (Poisson counts) and the identity for the reals. The paper
-    clips with a hardtanh instead; the smooth map keeps a gradient for pseudo-inputs
-    that reach the edge of the range. Pseudo-inputs are continuous even when the
-    data are binary or counts: the encoder only needs real-valued inputs.
+    (:meth:`Likelihood.value_range`) by ``transform_to`` of its constraint:
+    ``low + (high - low) · sigmoid`` for a bounded range (binary, counts out of a
+    total, 8-bit levels), ``low + softplus`` for a range bounded below (Poisson
+    counts) and the identity for the reals. The paper clips with a hardtanh instead;
+    the smooth map keeps a gradient for pseudo-inputs that reach the edge of the
+    range. Pseudo-inputs are continuous even when the data are binary or counts: the
+    encoder only needs real-valued inputs.
 
     Parameters
     ----------
@@ -77,13 +74,14 @@ class VampPrior(Prior):
         self.init_noise = float(init_noise)
         self._init = init
         self._range = (-math.inf, math.inf)
+        self._to_range = transform_to(constraints.real)
         if learn_weights:
             self.logits = nn.Parameter(torch.zeros(self.num_components))
         else:
             self.register_buffer("logits", torch.zeros(self.num_components))
 
     def setup(self, vae: VAE) -> None:
-        if not getattr(vae.q, "gaussian", False):
+        if not getattr(vae.guide_net, "gaussian", False):
             raise ValueError(
                 "the VampPrior needs a Gaussian guide ('diagonal', 'lowrank', 'fullrank'); "
                 "flows are not supported"
@@ -95,11 +93,12 @@ class VampPrior(Prior):
             )
         # A plain reference, not a submodule: the guide's parameters belong to the VAE,
         # and registering them here too would list them twice.
-        self.__dict__["_q"] = vae.q
+        self.__dict__["_guide_net"] = vae.guide_net
         value_range = getattr(vae.likelihood, "value_range", None)
         self._range = tuple(value_range()) if value_range is not None else self._range
+        self._to_range = transform_to(_range_constraint(*self._range))
         shape = (self.num_components, *vae.event_shape)
-        ref = next(vae.q.parameters(), torch.empty(0))
+        ref = next(vae.guide_net.parameters(), torch.empty(0))
         if self._init is None:
             raw = self.init_noise * torch.randn(shape, dtype=ref.dtype, device=ref.device)
         else:
@@ -112,7 +111,7 @@ class VampPrior(Prior):
         self._init = None
         self.raw_inputs = nn.Parameter(raw)
         with torch.no_grad():
-            batch = self._q(self.pseudo_inputs()).batch_shape
+            batch = self._guide_net(self.pseudo_inputs()).batch_shape
         if tuple(batch) != (self.num_components,):
             raise ValueError(
                 f"the guide returned batch shape {tuple(batch)} for {self.num_components} "
@@ -121,31 +120,33 @@ class VampPrior(Prior):
             )
 
     def _unconstrain(self, u: torch.Tensor) -> torch.Tensor:
+        # Initial values on the edge of the range (a 0 pixel) move 1e-3 of the range
+        # inside it, where the inverse map is finite.
         low, high = self._range
         if math.isfinite(low) and math.isfinite(high):
-            p = ((u - low) / (high - low)).clamp(1e-3, 1 - 1e-3)
-            return torch.logit(p)
+            margin = 1e-3 * (high - low)
+            return self._to_range.inv(u.clamp(low + margin, high - margin))
         if math.isfinite(low):
-            return _inverse_softplus((u - low).clamp(min=1e-3))
+            return self._to_range.inv(u.clamp(min=low + 1e-3))
         return u.clone()
 
     def pseudo_inputs(self) -> torch.Tensor:
         """The K pseudo-inputs in data space, shape ``(K, *event_shape)``."""
         if "raw_inputs" not in self._parameters:
             raise RuntimeError("VampPrior.setup(vae) must run first (the VAE constructor does)")
-        low, high = self._range
-        raw = self.raw_inputs
-        if math.isfinite(low) and math.isfinite(high):
-            return low + (high - low) * torch.sigmoid(raw)
-        if math.isfinite(low):
-            return low + F.softplus(raw)
-        return raw
+        return self._to_range(self.raw_inputs)
 
     def forward(self) -> dist.Distribution:
         u = self.pseudo_inputs()
-        components = self._q(u)
+        components = self._guide_net(u)
         mixing = dist.Categorical(logits=self.logits, validate_args=False)
         return dist.MixtureSameFamily(mixing, components, validate_args=False)
 
 
-PRIORS["vamp"] = VampPrior
+def _range_constraint(low: float, high: float) -> constraints.Constraint:
+    """The constraint of a value range: an interval, a lower bound, or the reals."""
+    if math.isfinite(low) and math.isfinite(high):
+        return constraints.interval(low, high)
+    if math.isfinite(low):
+        return softplus_greater_than(low)
+    return constraints.real

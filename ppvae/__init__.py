@@ -6,9 +6,10 @@ The public API is a short curated list; everything else lives in the submodules
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ppvae.data import BatchLoader, Dataset, load_dataset
+from ppvae.data import Dataset, load_dataset
 from ppvae.inference import (
     IWAE_ELBO,
+    BatchLoader,
     History,
     LogLikelihoodResult,
     TrainingDivergedError,

@@ -1,14 +1,13 @@
-"""Datasets as in-memory tensors: named sets and array files, splits, binarisation, batching.
+"""Datasets as in-memory tensors: named sets and array files, splits and binarisation.
 
 Every split is held eagerly as a float tensor of shape ``(N, *event_shape)``: the sets this
-library targets fit in memory, and slicing one tensor per batch is far cheaper than a per-item
-``torch.utils.data.DataLoader`` pipeline.
+library targets fit in memory, and batches are index slices of them
+(:class:`~ppvae.inference.batches.BatchLoader`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,21 +15,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppvae.readers import check_labels, check_x, read_array_file, read_idx, read_idx_set
+from ppvae.inference.batches import BatchLoader, binarize_once
+from ppvae.readers import (
+    ARRAY_EXTENSIONS,
+    check_labels,
+    check_x,
+    read_array_file,
+    read_idx,
+    read_idx_set,
+)
 
-__all__ = ["BatchLoader", "Dataset", "load_dataset", "read_idx"]
+__all__ = ["Dataset", "load_dataset", "read_idx"]
 
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")  # where Debian's dataset-* packages install
 CACHE_DIR = Path("~/.cache/ppvae")  # default target of download=True
 DATA_ENV_VAR = "PPVAE_DATA"
 IDX_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
 KNOWN_DATASETS = ("digits", *IDX_DATASETS)
-ARRAY_EXTENSIONS = (".npy", ".npz", ".csv", ".pt")
 _BINARIZE_MODES = ("auto", "dynamic", "static", "threshold", None)
-# Fixed seeds, independent of `seed`: the test set and the evaluation binarisation must not move
-# between runs, or their log-likelihoods would not be comparable.
+# A fixed seed, independent of `seed`: the test set must not move between runs, or their
+# log-likelihoods would not be comparable (the evaluation binarisation is fixed the same way,
+# by ppvae.inference.batches.binarize_once).
 _TEST_SEED = 20_240_601
-_BINARIZE_SEED = 60_124_002
 _TEST_FRACTION = 0.2
 _BINARIZE_TEXT = {
     None: "none",
@@ -38,88 +44,6 @@ _BINARIZE_TEXT = {
     "static": "static (one fixed Bernoulli draw)",
     "threshold": "threshold (x > 0.5)",
 }
-_Batch = tuple[torch.Tensor, torch.Tensor | None]
-
-
-class BatchLoader:
-    """Minibatches of in-memory tensors; each ``iter()`` is one epoch.
-
-    Parameters
-    ----------
-    x, y
-        Data ``(N, *event_shape)`` and optional labels ``(N,)`` on the same device.
-    batch_size
-        Datapoints per batch.
-    shuffle
-        Visit the data in a fresh random order each epoch.
-    seed
-        Seed of the loader's own generator; ``None`` draws one from torch's global RNG, so
-        ``torch.manual_seed`` still makes runs reproducible.
-    drop_last
-        Skip the final, smaller batch.
-    dynamic_binarize
-        Replace each batch by one Bernoulli draw with the batch as probabilities.
-    """
-
-    def __init__(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None = None,
-        *,
-        batch_size: int,
-        shuffle: bool = True,
-        seed: int | None = None,
-        drop_last: bool = False,
-        dynamic_binarize: bool = False,
-    ) -> None:
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if y is not None and len(y) != len(x):
-            raise ValueError(f"got {len(y)} labels for {len(x)} datapoints; pass one per row")
-        self.x, self.y = x, y
-        self.num_data = len(x)
-        self.batch_size = int(batch_size)
-        self.shuffle, self.drop_last, self.dynamic_binarize = shuffle, drop_last, dynamic_binarize
-        self.seed = int(torch.randint(2**62, ()).item()) if seed is None else int(seed)
-        self.epoch = 0
-        self._generator = torch.Generator().manual_seed(self.seed)
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_data // self.batch_size
-        return -(-self.num_data // self.batch_size)
-
-    def __iter__(self) -> Iterator[_Batch]:
-        # The loader's generator advances exactly once per epoch and seeds everything else in
-        # it, so a state_dict() taken at any point resumes with the next epoch exactly as an
-        # uninterrupted run would.
-        epoch_seed = int(torch.randint(2**62, (), generator=self._generator).item())
-        self.epoch += 1
-        generator = torch.Generator(device=self.x.device).manual_seed(epoch_seed)
-        return self._batches(self._order(generator), generator)
-
-    def _order(self, generator: torch.Generator) -> torch.Tensor:
-        """Index order of one epoch (the one place a per-rank sampler would take its share)."""
-        if not self.shuffle:
-            return torch.arange(self.num_data, device=self.x.device)
-        return torch.randperm(self.num_data, generator=generator, device=self.x.device)
-
-    def _batches(self, order: torch.Tensor, generator: torch.Generator) -> Iterator[_Batch]:
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            xb = self.x[idx]
-            if self.dynamic_binarize:
-                xb = torch.bernoulli(xb, generator=generator)
-            yield xb, None if self.y is None else self.y[idx]
-
-    def state_dict(self) -> dict[str, Any]:
-        """Generator state and epoch count, enough to resume the epoch sequence exactly."""
-        return {"seed": self.seed, "epoch": self.epoch, "generator": self._generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict`."""
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
-        self._generator.set_state(state["generator"])
 
 
 @dataclass
@@ -274,9 +198,7 @@ def load_dataset(
             pool = pool_eval = (pool > 0.5).to(dtype)
             test = (test > 0.5).to(dtype)
         else:  # "dynamic" keeps grey-level train rows; the loader draws them per epoch
-            gen = torch.Generator().manual_seed(_BINARIZE_SEED)
-            pool_eval = torch.bernoulli(pool, generator=gen)
-            test = torch.bernoulli(test, generator=gen)
+            pool_eval, test = binarize_once(pool, test)
             pool = pool_eval if mode == "static" else pool
     elif src.grey_images:
         likelihood = "continuous_bernoulli"  # Bernoulli has no density on grey levels
@@ -336,7 +258,8 @@ def _load_idx(name: str, data_dir: str | os.PathLike[str] | None, download: bool
 
 
 def _load_array_file(path: Path) -> _Source:
-    return _Source(path.stem, **read_array_file(path), origin=str(path))
+    a = read_array_file(path)  # its OOD flags, if any, matter to scoring, not to training
+    return _Source(path.stem, a.x, a.y, a.x_test, a.y_test, origin=str(path))
 
 
 def _to_tensor(x: np.ndarray, dtype: torch.dtype, scale: float) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Figures for trained VAEs: image grids, latent maps, training curves, diagnostics.
 
 Every ``plot_*`` function takes plain tensors or arrays (computing them from a model
-is :mod:`ppvae.figures`' job) and returns a :class:`matplotlib.figure.Figure`;
+is :mod:`ppvae.app.figures`' job) and returns a :class:`matplotlib.figure.Figure`;
 :func:`save_figure` writes one to PNG atomically and closes it. Importing this module
 leaves matplotlib's backend alone (so figures show inline in notebooks); the command line
 calls :func:`use_headless_backend` so that it never needs a display.
@@ -225,10 +225,10 @@ def plot_latent_scatter(
     return fig
 
 
-def plot_elbo_curves(train_elbo: ArrayLike, val_elbo: ArrayLike | None = None) -> Figure:
-    """Per-datapoint ELBO per epoch on the training and validation data."""
+def plot_elbo_curves(train_objective: ArrayLike, val_elbo: ArrayLike | None = None) -> Figure:
+    """Per-datapoint training objective (the ELBO at β = 1) and validation ELBO per epoch."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    train = _np(train_elbo)
+    train = _np(train_objective)
     epochs = np.arange(1, len(train) + 1)
     ax.plot(epochs, train, label="train")
     if val_elbo is not None and len(val_elbo):

@@ -1,9 +1,11 @@
 """Raw arrays behind :func:`ppvae.data.load_dataset`: IDX sets, array files and their checks.
 
-The readers return plain numpy arrays keyed like the dataset fields (``x``, ``y``,
-``x_test``, ``y_test``) and raise errors that name the file and say how to fix it;
-:func:`check_x` and :func:`check_labels` validate the arrays of every source. Where to
-look (``data_dir``, ``$PPVAE_DATA``, the cache, the system folder) is decided by
+The readers return plain numpy arrays named like the dataset fields (``x``, ``y``,
+``x_test``, ``y_test``, and the OOD flags ``ood`` of an array file) and raise errors that
+name the file and say how to fix it; :func:`read_array_file` is the one reader of array
+files, for datasets and anomaly scoring alike, and :func:`csv_header` the one test for a
+CSV header; :func:`check_x` and :func:`check_labels` validate the arrays of every source.
+Where to look (``data_dir``, ``$PPVAE_DATA``, the cache, the system folder) is decided by
 :mod:`ppvae.data`, which passes the folders in; splitting and binarisation happen there.
 """
 
@@ -15,6 +17,7 @@ import os
 import struct
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +25,12 @@ import numpy as np
 import torch
 
 __all__ = [
+    "ARRAY_EXTENSIONS",
+    "ArrayFile",
     "IDX_FILES",
     "check_labels",
     "check_x",
+    "csv_header",
     "find_idx",
     "read_array_file",
     "read_idx",
@@ -37,6 +43,11 @@ IDX_FILES = {  # key -> (file stem, rank)
     "x_test": ("t10k-images-idx3-ubyte", 3),
     "y_test": ("t10k-labels-idx1-ubyte", 1),
 }
+ARRAY_EXTENSIONS = (".npy", ".npz", ".csv", ".pt")
+# Keys of an archive, or columns of a CSV with a header, in order of preference.
+X_KEYS = ("x", "data", "X")
+LABEL_KEYS = ("y", "labels", "label")
+OOD_KEYS = ("ood", "is_ood")
 
 
 def read_idx(path: str | os.PathLike[str], ndim: int | None = None) -> np.ndarray:
@@ -106,6 +117,8 @@ def read_idx_set(
     subdirs = (Path(cls, "raw"), Path(name, "raw"), Path(name), Path("raw"), Path())
     found, partial = find_idx([root / sub for root in roots for sub in subdirs])
     if found is None and download_to is not None:
+        # Loaded only to download: importing torchvision costs seconds (about as long as
+        # torch and Pyro together) that no other use of this module needs.
         from torchvision import datasets
 
         try:  # torchvision downloads all four files and unpacks them into <Class>/raw
@@ -148,41 +161,65 @@ def find_idx(dirs: list[Path]) -> tuple[dict[str, Path] | None, list[str]]:
     return None, partial
 
 
-def read_array_file(path: Path) -> dict[str, np.ndarray | None]:
-    """Arrays ``x``, ``y``, ``x_test``, ``y_test`` of a ``.npy``/``.npz``/``.csv``/``.pt`` file.
+@dataclass(frozen=True)
+class ArrayFile:
+    """The arrays of one data file: rows ``x``, and optional labels, test split and OOD flags.
+
+    ``ood`` holds one 0 (in-distribution) or 1 (out-of-distribution) per row of ``x``;
+    :func:`ppvae.data.load_dataset` ignores it, anomaly scoring reads it.
+    """
+
+    x: np.ndarray
+    y: np.ndarray | None = None
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    ood: np.ndarray | None = None
+
+
+def read_array_file(path: str | os.PathLike[str]) -> ArrayFile:
+    """The arrays of a ``.npy``/``.npz``/``.csv``/``.pt`` file, the one reader of array files.
 
     ``x`` is the array under key ``x``, ``data`` or ``X``, or the only array; labels come
-    from ``y`` or ``labels`` (or a ``label``/``y`` column of a CSV with a header); the
-    others are ``None`` when absent. Raises ``FileNotFoundError`` or ``ValueError`` naming
-    the file.
+    from ``y``, ``labels`` or ``label``, OOD flags from ``ood`` or ``is_ood`` (keys of an
+    archive or dict, or columns of a CSV with a header, see :func:`csv_header`); a test
+    split from ``x_test`` and ``y_test``. Raises ``FileNotFoundError`` or ``ValueError``
+    naming the file.
     """
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist; check the path")
     ext = path.suffix.lower()
+    if ext not in ARRAY_EXTENSIONS:
+        raise ValueError(
+            f"cannot read {path}: unsupported extension {ext!r}; use {', '.join(ARRAY_EXTENSIONS)}"
+        )
     try:
-        if ext == ".csv":
-            arrays = _read_csv(path)
-        elif ext in (".npy", ".npz"):
-            with open(path, "rb") as f:  # np.load leaks its own handle when a zip is corrupt
-                loaded = np.load(f, allow_pickle=False)
-                files = getattr(loaded, "files", None)  # an archive, whatever its extension
-                arrays = {"x": loaded} if files is None else {k: loaded[k] for k in files}
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            arrays = obj if isinstance(obj, dict) else {"x": obj}
-        arrays = {str(k): _to_numpy(v) for k, v in arrays.items()}
+        arrays = {str(k): _to_numpy(v) for k, v in _read_arrays(path, ext).items()}
     except Exception as err:
         # torch's own first line advises weights_only=False, which we refuse to use
         why = "not a torch.save file of tensors or arrays" if ext == ".pt" else _first_line(err)
         raise ValueError(f"cannot read {path} as a {ext} data file: {why}") from err
-    x = _pick(arrays, "x", "data", "X")
+    x = _pick(arrays, *X_KEYS)
     if x is None and len(arrays) != 1:
         raise ValueError(
             f"{path} has no data array: expected key 'x', 'data' or 'X', found {sorted(arrays)}"
         )
     x = next(iter(arrays.values())) if x is None else x
-    y, x_test, y_test = (_pick(arrays, *k) for k in (("y", "labels"), ("x_test",), ("y_test",)))
-    return {"x": x, "y": y, "x_test": x_test, "y_test": y_test}
+    ood = _pick(arrays, *OOD_KEYS)
+    if ood is not None:
+        ood = _check_ood(ood, len(x), path)
+    y, x_test, y_test = (_pick(arrays, *k) for k in (LABEL_KEYS, ("x_test",), ("y_test",)))
+    return ArrayFile(x, y, x_test, y_test, ood)
+
+
+def csv_header(first_line: str) -> list[str] | None:
+    """The lower-cased column names if ``first_line`` of a CSV is a header, else ``None``.
+
+    A line is a header when any of its cells is not a number; quotes around names are
+    dropped.
+    """
+    cells = [cell.strip().strip("\"'").lower() for cell in first_line.split(",")]
+    return None if all(_is_number(cell) for cell in cells) else cells
 
 
 def check_x(x: np.ndarray, what: str) -> np.ndarray:
@@ -216,21 +253,42 @@ def check_labels(y: np.ndarray | None, n: int, what: str) -> torch.Tensor | None
     return torch.from_numpy(y.astype(np.int64))
 
 
+def _read_arrays(path: Path, ext: str) -> dict[str, Any]:
+    if ext == ".csv":
+        return _read_csv(path)
+    if ext in (".npy", ".npz"):
+        with open(path, "rb") as f:  # np.load leaks its own handle when a zip is corrupt
+            loaded = np.load(f, allow_pickle=False)
+            files = getattr(loaded, "files", None)  # an archive, whatever its extension
+            return {"x": loaded} if files is None else {k: loaded[k] for k in files}
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return obj if isinstance(obj, dict) else {"x": obj}
+
+
 def _read_csv(path: Path) -> dict[str, np.ndarray]:
+    """Columns named as labels or OOD flags are taken out of ``x``."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    first = [cell.strip().strip("\"'").lower() for cell in lines[0].split(",")] if lines else []
-    has_header = not all(_is_number(cell) for cell in first)
-    rows = lines[1:] if has_header else lines
+    header = csv_header(lines[0]) if lines else None
+    rows = lines[1:] if header is not None else lines
     if not rows:
         raise ValueError("no data rows (empty dataset)")
     table = np.loadtxt(rows, delimiter=",", ndmin=2, dtype=np.float64)
-    if has_header and len(first) != table.shape[1]:
-        raise ValueError(f"header has {len(first)} columns but rows have {table.shape[1]}")
-    for label in ("label", "y"):
-        if has_header and label in first:
-            j = first.index(label)
-            return {"x": np.delete(table, j, axis=1), "y": table[:, j]}
-    return {"x": table}
+    if header is None:
+        return {"x": table}
+    if len(header) != table.shape[1]:
+        raise ValueError(f"header has {len(header)} columns but rows have {table.shape[1]}")
+    out = {name: table[:, j] for j, name in enumerate(header) if name in LABEL_KEYS + OOD_KEYS}
+    keep = [j for j, name in enumerate(header) if name not in out]
+    return {**out, "x": table[:, keep]}
+
+
+def _check_ood(values: np.ndarray, n: int, path: Path) -> np.ndarray:
+    values = values.reshape(-1)
+    if len(values) != n:
+        raise ValueError(f"{path}: {len(values)} ood values for {n} rows; give one per row")
+    if not np.isin(values, (0, 1)).all():
+        raise ValueError(f"{path}: the ood column must hold 0 (in) or 1 (out) per row")
+    return values.astype(np.int64)
 
 
 def _is_number(text: str) -> bool:

@@ -43,7 +43,7 @@ def _perturb(vae: VAE) -> VAE:
 def test_round_trip_rebuilds_the_model_with_identical_outputs(tmp_path):
     vae = _perturb(_vae(likelihood="gaussian", guide="fullrank"))
     opt = torch.optim.Adam(vae.parameters(), lr=0.01)
-    history = History(train_elbo=[-3.0, -2.0], epochs_completed=2)
+    history = History(train_objective=[-3.0, -2.0], epochs_completed=2)
     path = save(vae, tmp_path / "m.pt", optimizer=opt, history=history, config={"lr": 0.01})
     x = torch.rand(4, 6)
 

@@ -1,7 +1,7 @@
 """The ppvae command end to end: train, evaluate, sample, report, compare, score, resume.
 
-The main path runs the real command in subprocesses (``python -m ppvae.cli``); the many
-user-error cases call :func:`ppvae.cli.main` in-process, which is the same code without
+The main path runs the real command in subprocesses (``python -m ppvae.app.cli``); the many
+user-error cases call :func:`ppvae.app.cli.main` in-process, which is the same code without
 the interpreter start-up (an uncaught exception would surface there as a test error).
 """
 
@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 import torch
 
-from ppvae.cli import main
+from ppvae import data as ppvae_data
+from ppvae.app import demo, train
+from ppvae.app.cli import main
 from ppvae.inference.checkpoint import load_checkpoint
 
 TINY = ["--latent-dim", "2", "--hidden", "32", "--epochs", "3", "--lr", "0.01", "--quiet"]
@@ -47,7 +49,7 @@ METRIC_KEYS = {
 def ppvae(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run the real command in a fresh interpreter."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore::FutureWarning", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "ppvae.cli", *map(str, args)]
+    cmd = [sys.executable, "-m", "ppvae.app.cli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -88,7 +90,7 @@ def test_train_writes_a_complete_run_directory(run_a):
     for name in ("config.toml", "history.json", "model.pt", "checkpoints/last.pt"):
         assert (run_a / name).is_file(), name
     history = json.loads((run_a / "history.json").read_text())
-    assert history["epochs_completed"] == 3 and len(history["train_elbo"]) == 3
+    assert history["epochs_completed"] == 3 and len(history["train_objective"]) == 3
     assert len(history["val_elbo"]) == 3 and all(math.isfinite(v) for v in history["val_elbo"])
     config = tomllib.loads((run_a / "config.toml").read_text())
     assert config["latent_dim"] == 2 and config["hidden"] == [32] and config["seed"] == 1
@@ -296,7 +298,7 @@ def test_resume_after_kill_loses_no_epoch_and_config_reproduces(tmp_path, capsys
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as stderr:
         child = subprocess.Popen(
-            [sys.executable, "-m", "ppvae.cli", *args],
+            [sys.executable, "-m", "ppvae.app.cli", *args],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -315,9 +317,9 @@ def test_resume_after_kill_loses_no_epoch_and_config_reproduces(tmp_path, capsys
     assert cli(capsys, "train", "--resume", "--quiet", "--out", run)[0] == 0
     history = json.loads((run / "history.json").read_text())
     assert history["epochs_completed"] == 5
-    for key in ("train_elbo", "val_elbo", "seconds", "beta"):
+    for key in ("train_objective", "val_elbo", "seconds", "beta"):
         assert len(history[key]) == 5, key  # each epoch exactly once
-    assert history["train_elbo"][:done] == before["train_elbo"][:done]  # nothing redone
+    assert history["train_objective"][:done] == before["train_objective"][:done]  # nothing redone
     assert history["val_elbo"][:done] == before["val_elbo"][:done]
 
     # The saved configuration repeats the run exactly, interrupted or not.
@@ -325,7 +327,7 @@ def test_resume_after_kill_loses_no_epoch_and_config_reproduces(tmp_path, capsys
     assert cli(capsys, "train", run / "config.toml", "--quiet", "--out", other)[0] == 0
     assert (other / "config.toml").read_text() == (run / "config.toml").read_text()
     again = json.loads((other / "history.json").read_text())
-    assert again["train_elbo"] == history["train_elbo"]
+    assert again["train_objective"] == history["train_objective"]
     assert again["val_elbo"] == history["val_elbo"]
 
 
@@ -410,3 +412,24 @@ def test_version_and_help(capsys):
         assert command in out
         status, sub, _ = cli(capsys, command, "--help")
         assert status == 0 and f"ppvae {command}" in sub
+
+
+def test_demo_loads_the_dataset_once_and_hands_it_along(tmp_path, monkeypatch):
+    calls: list[str] = []
+    real = ppvae_data.load_dataset
+
+    def counting(name, *args, **kwargs):
+        calls.append(str(name))
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(ppvae_data, "load_dataset", counting)
+    monkeypatch.setattr(train, "load_dataset", counting)
+    monkeypatch.setattr(demo, "DEMO_NUM_SAMPLES", 20)  # small settings: the path is the point
+    monkeypatch.setattr(demo, "DEMO_EVAL_LIMIT", {"digits": 40})
+    lines: list[str] = []
+    out = tmp_path / "demo"
+    metrics = demo.run_demo("digits", out, epochs=1, progress=False, echo=lines.append)
+    assert calls == ["digits"]
+    assert metrics["num_datapoints"] == 40 and metrics["num_samples"] == 20
+    assert (out / "model.pt").is_file() and (out / "report.html").is_file()
+    assert lines[-1].startswith(f"report: {out / 'report.html'}")

@@ -7,7 +7,8 @@ import tomllib
 
 import pytest
 
-from ppvae.config import RunConfig, UserError, load_config, parse_hidden, save_config, to_toml
+from ppvae.app.config import RunConfig, UserError, parse_hidden, to_toml
+from ppvae.app.rundir import load_config, save_config
 
 
 def _unusual() -> RunConfig:

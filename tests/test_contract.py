@@ -11,18 +11,32 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import pyro
 import pytest
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
+from torch import nn
 
-from ppvae.models.guides import GUIDES
+from ppvae.models.guides import LowRankNormalGuide
 from ppvae.models.hierarchical import TwoLayerVAE
-from ppvae.models.likelihoods import LIKELIHOODS, make_likelihood
-from ppvae.models.priors import PRIORS
+from ppvae.models.likelihoods import GaussianLikelihood
+from ppvae.models.networks import MLPDecoder, MLPEncoder
+from ppvae.models.priors import LearnedNormal
+from ppvae.models.registry import (
+    DECODERS,
+    ENCODERS,
+    GUIDES,
+    LIKELIHOODS,
+    PRIORS,
+    Registry,
+    build,
+)
 from ppvae.models.vae import VAE
 from ppvae.models.vamp import VampPrior
 
@@ -48,7 +62,7 @@ def fake_data(likelihood_name: str, event_shape: Sequence[int], n: int = BATCH) 
     shape = (n, *event_shape)
     if likelihood_name in _DATA:
         return _DATA[likelihood_name](shape)
-    likelihood = make_likelihood(likelihood_name, event_shape)
+    likelihood = build(LIKELIHOODS, likelihood_name, event_shape=event_shape)
     for candidate in _CANDIDATES:
         x = _DATA[candidate](shape)
         try:
@@ -137,7 +151,7 @@ def test_component_contract(variant: str, prior: str, guide: str, likelihood: st
             assert torch.isfinite(site["log_prob"]).all(), name
 
     # The guide's distribution scores its own samples.
-    q = vae.q(x)
+    q = vae.guide_net(x)
     assert q.batch_shape == (BATCH,) and q.event_shape == (latent_dim,)
     z = q.sample()
     log_q = q.log_prob(z)
@@ -160,7 +174,7 @@ def test_component_contract(variant: str, prior: str, guide: str, likelihood: st
     assert torch.isfinite(loc).all() and torch.isfinite(scale).all()
     # A flow's scale is a Monte Carlo standard deviation, which rounds to zero when the
     # guide is narrower than float32 resolution at its location.
-    assert (scale > 0).all() if getattr(vae.q, "gaussian", True) else (scale >= 0).all()
+    assert (scale > 0).all() if getattr(vae.guide_net, "gaussian", True) else (scale >= 0).all()
 
     # State-dict round-trip into a model rebuilt from its config under another seed.
     buf = io.BytesIO()
@@ -192,7 +206,7 @@ def test_fake_data_fits_every_likelihood() -> None:
     for name in LIKELIHOODS:
         x = fake_data(name, EVENT_SHAPE)
         assert x.shape == (BATCH, *EVENT_SHAPE)
-        make_likelihood(name, EVENT_SHAPE).check_support(x)
+        build(LIKELIHOODS, name, event_shape=EVENT_SHAPE).check_support(x)
 
 
 def test_contract_cases_cover_the_registries() -> None:
@@ -200,3 +214,69 @@ def test_contract_cases_cover_the_registries() -> None:
     expected = math.prod(map(len, (PRIORS, GUIDES, LIKELIHOODS)))
     left_out = sum(_invalid_by_design(p, g) for p in PRIORS for g in GUIDES) * len(LIKELIHOODS)
     assert len(ids) == expected - left_out
+
+
+# ------------------------------------------------------------------ registries and build
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# registry, a name in it, constructor arguments, the class that name builds
+BUILD_CASES: list[tuple[Registry, str, dict[str, Any], type]] = [
+    (PRIORS, "learned_normal", {"latent_dim": 3}, LearnedNormal),
+    (LIKELIHOODS, "gaussian", {"event_shape": EVENT_SHAPE, "init_scale": 0.5}, GaussianLikelihood),
+    (
+        GUIDES,
+        "lowrank",
+        {"encoder": MLPEncoder(EVENT_SHAPE, hidden=(8,)), "latent_dim": 3, "rank": 1},
+        LowRankNormalGuide,
+    ),
+    (ENCODERS, "mlp", {"in_shape": EVENT_SHAPE, "hidden": (8,)}, MLPEncoder),
+    (DECODERS, "mlp", {"latent_dim": 3, "out_shape": EVENT_SHAPE, "hidden": (8,)}, MLPDecoder),
+]
+BUILD_IDS = [registry.kind for registry, *_ in BUILD_CASES]
+
+
+@pytest.mark.parametrize("registry,name,kwargs,cls", BUILD_CASES, ids=BUILD_IDS)
+def test_build_by_name(registry: Registry, name: str, kwargs: dict, cls: type) -> None:
+    assert registry[name] is cls
+    component = build(registry, name, **kwargs)
+    assert type(component) is cls
+
+
+@pytest.mark.parametrize("registry,name,kwargs,cls", BUILD_CASES, ids=BUILD_IDS)
+def test_build_passes_an_instance_through(
+    registry: Registry, name: str, kwargs: dict, cls: type
+) -> None:
+    instance = cls(**kwargs)
+    assert build(registry, instance) is instance
+    assert build(registry, instance, **kwargs) is instance  # arguments are for names only
+
+
+@pytest.mark.parametrize("registry", [case[0] for case in BUILD_CASES], ids=BUILD_IDS)
+def test_build_rejects_an_unknown_name_and_lists_the_choices(registry: Registry) -> None:
+    with pytest.raises(ValueError, match=f"unknown {registry.kind} 'nope'") as info:
+        build(registry, "nope")
+    for name in registry:
+        assert repr(name) in str(info.value)
+    assert registry.hint in str(info.value)
+
+
+def test_build_refuses_a_module_that_is_not_a_likelihood() -> None:
+    with pytest.raises(ValueError, match="unknown likelihood.*ppvae.models.Likelihood instance"):
+        build(LIKELIHOODS, nn.Linear(2, 2))
+
+
+def _readme_built_in() -> tuple[set[str], set[str]]:
+    """The prior and likelihood names of the README's "Built in:" paragraph."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("Built in:")
+    priors, likelihoods = text[start : text.index("\n\n", start)].split("Likelihoods:")
+    return tuple(set(re.findall(r'`"([a-z_]+)"`', part)) for part in (priors, likelihoods))
+
+
+def test_registries_hold_every_component_the_readme_lists() -> None:
+    priors, likelihoods = _readme_built_in()
+    assert priors and likelihoods
+    assert priors <= set(PRIORS), sorted(priors - set(PRIORS))
+    assert likelihoods <= set(LIKELIHOODS), sorted(likelihoods - set(LIKELIHOODS))
+    assert {"diagonal", "lowrank", "fullrank", "iaf", "nsf"} <= set(GUIDES)
+    assert {"mlp", "conv"} <= set(ENCODERS) and {"mlp", "conv"} <= set(DECODERS)

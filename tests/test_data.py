@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from ppvae import data
-from ppvae.data import BatchLoader, load_dataset, read_idx
+from ppvae.data import load_dataset, read_idx
+from ppvae.inference.batches import BatchLoader, binarize_once
+from ppvae.readers import csv_header, read_array_file
 
 N_TRAIN, N_TEST = 50, 20
 IDX_NAMES = {
@@ -288,6 +290,18 @@ def test_loader_global_seed_reproducible() -> None:
     assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b))
 
 
+def test_binarize_once_is_fixed_and_leaves_the_global_stream_alone() -> None:
+    x = torch.rand(30, 4, generator=torch.Generator().manual_seed(1))
+    state = torch.get_rng_state()
+    a, b = binarize_once(x, x)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert set(a.unique().tolist()) <= {0.0, 1.0}
+    # One private stream, drawn in order: the same first draw every time, a second one after.
+    assert torch.equal(binarize_once(x)[0], a) and not torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"needs data in \[0, 1\], got range \[0, 2\]"):
+        binarize_once(x, torch.tensor([[0.0, 2.0]]))
+
+
 # --- errors --------------------------------------------------------------------------------
 
 
@@ -321,6 +335,47 @@ def test_incomplete_idx_set_is_reported(tmp_path: Path, idx_arrays) -> None:
 def test_missing_array_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nothere.npz"):
         load_dataset(tmp_path / "nothere.npz")
+
+
+def test_read_array_file_takes_ood_and_label_columns_out_of_a_csv(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    x, y, ood = rng.integers(0, 5, (30, 3)), rng.integers(0, 3, 30), rng.integers(0, 2, 30)
+    table = np.column_stack([x[:, :1], ood, x[:, 1:], y])
+    path = tmp_path / "mixed.csv"
+    np.savetxt(path, table, delimiter=",", fmt="%d", header='a,"IS_OOD",b,c,label', comments="")
+    arrays = read_array_file(path)
+    np.testing.assert_array_equal(arrays.x, x)
+    np.testing.assert_array_equal(arrays.y, y)
+    np.testing.assert_array_equal(arrays.ood, ood)
+    assert arrays.ood.dtype == np.int64 and arrays.x_test is None
+    ds = load_dataset(path)  # the flags are no feature to train on
+    assert ds.event_shape == (3,) and _rows(ds) == _expected_rows(x, y)
+
+
+def test_read_array_file_reads_ood_from_an_npz(tmp_path: Path) -> None:
+    x, ood = np.arange(12.0).reshape(4, 3), np.array([1, 0, 0, 1])
+    np.savez(tmp_path / "flags.npz", x=x, is_ood=ood)
+    arrays = read_array_file(tmp_path / "flags.npz")
+    np.testing.assert_array_equal(arrays.x, x)
+    np.testing.assert_array_equal(arrays.ood, ood)
+    assert arrays.y is None
+    np.savez(tmp_path / "plain.npz", x=x)
+    assert read_array_file(tmp_path / "plain.npz").ood is None
+
+
+@pytest.mark.parametrize(
+    ("ood", "phrase"), [([0, 2, 1, 0], r"0 \(in\) or 1 \(out\)"), ([0, 1], "2 ood values for 4")]
+)
+def test_bad_ood_flags(tmp_path: Path, ood: list[int], phrase: str) -> None:
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 2)), ood=np.array(ood))
+    with pytest.raises(ValueError, match=phrase):
+        read_array_file(tmp_path / "bad.npz")
+
+
+def test_csv_header_is_any_line_with_a_cell_that_is_not_a_number() -> None:
+    assert csv_header("1,2.5,-3e4, nan") is None
+    assert csv_header(' "A", b ,label') == ["a", "b", "label"]
+    assert csv_header("1,x") == ["1", "x"]
 
 
 @pytest.mark.parametrize(

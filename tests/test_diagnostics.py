@@ -17,7 +17,6 @@ import torch
 
 from ppvae.inference.diagnostics import (
     add_diagnostics,
-    inference_data,
     khat_elpd_data,
     mcmc_summary,
     psis_diagnostics,
@@ -25,7 +24,7 @@ from ppvae.inference.diagnostics import (
 )
 from ppvae.inference.importance import log_likelihood
 from ppvae.inference.khat import khat_labels, khat_summary, khat_threshold, khat_values
-from ppvae.inference.resampling import guide_particles, importance_resample
+from ppvae.inference.resampling import guide_particles, importance_resample, inference_data
 from ppvae.models.linear_gaussian import LinearGaussianModel, PosteriorGuide
 
 pytestmark = pytest.mark.usefixtures("float64")

@@ -11,14 +11,9 @@ import torch
 from torch import nn
 
 from ppvae.models.flows import FlowGuide, IAFGuide, SplineFlowGuide
-from ppvae.models.guides import (
-    GUIDES,
-    DiagonalNormalGuide,
-    FullRankNormalGuide,
-    LowRankNormalGuide,
-    make_guide,
-)
+from ppvae.models.guides import DiagonalNormalGuide, FullRankNormalGuide, LowRankNormalGuide
 from ppvae.models.networks import MLPEncoder
+from ppvae.models.registry import GUIDES, build
 from ppvae.models.vae import VAE
 
 FLOWS = sorted(name for name, cls in GUIDES.items() if not cls.gaussian)
@@ -35,12 +30,12 @@ def test_registry_holds_every_guide_family() -> None:
     assert all(issubclass(GUIDES[name], FlowGuide) for name in ("iaf", "nsf"))
 
 
-def test_make_guide_names_choices_and_passes_instances_through() -> None:
+def test_build_names_choices_and_passes_instances_through() -> None:
     with pytest.raises(ValueError, match="unknown guide 'nope'.*diagonal"):
-        make_guide("nope", _encoder(), 3)
+        build(GUIDES, "nope", encoder=_encoder(), latent_dim=3)
     guide = DiagonalNormalGuide(_encoder(), 3)
-    assert make_guide(guide, _encoder(), 3) is guide
-    assert make_guide("lowrank", _encoder(), 3, rank=1).rank == 1
+    assert build(GUIDES, guide, encoder=_encoder(), latent_dim=3) is guide
+    assert build(GUIDES, "lowrank", encoder=_encoder(), latent_dim=3, rank=1).rank == 1
 
 
 @pytest.mark.parametrize("name", sorted(GUIDES))
@@ -72,7 +67,7 @@ def test_vectorised_elbo_reaches_every_parameter(name: str) -> None:
     for pname, p in vae.named_parameters():
         assert p.grad is not None, f"{pname} received no gradient"
         assert torch.isfinite(p.grad).all(), pname
-    guide_params = [p for pname, p in vae.named_parameters() if pname.startswith("q.")]
+    guide_params = [p for pname, p in vae.named_parameters() if pname.startswith("guide_net.")]
     assert any(p.grad.abs().sum() > 0 for p in guide_params)
 
 

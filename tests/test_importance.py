@@ -19,8 +19,9 @@ from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppvae.inference.importance import LogLikelihoodResult, log_likelihood
-from ppvae.inference.objectives import IWAE_ELBO
+from ppvae.inference.importance import log_likelihood
+from ppvae.inference.iwae import IWAE_ELBO
+from ppvae.inference.result import LogLikelihoodResult
 from ppvae.inference.weights import per_datapoint_log_weights
 from ppvae.models.linear_gaussian import LinearGaussianModel, PosteriorGuide
 from ppvae.models.vae import VAE

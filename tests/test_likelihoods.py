@@ -13,13 +13,9 @@ from pyro.infer import Trace_ELBO
 from torch.nn import functional as F
 
 from ppvae.models.distributions import DiscretizedLogistic
-from ppvae.models.likelihoods import (
-    LIKELIHOODS,
-    GaussianLikelihood,
-    PoissonLikelihood,
-    make_likelihood,
-)
+from ppvae.models.likelihoods import GaussianLikelihood, PoissonLikelihood
 from ppvae.models.pixel_likelihoods import CategoricalLikelihood
+from ppvae.models.registry import LIKELIHOODS, build
 from ppvae.models.vae import VAE
 
 EVENT = (1, 4, 4)
@@ -55,12 +51,12 @@ def test_registry_names() -> None:
         "discretized_logistic",
     }
     with pytest.raises(ValueError, match="unknown likelihood 'nope'"):
-        make_likelihood("nope", EVENT)
+        build(LIKELIHOODS, "nope", event_shape=EVENT)
 
 
 @pytest.mark.parametrize(("name", "kwargs", "data", "bounds"), CASES, ids=IDS)
 def test_contract(name: str, kwargs: dict, data: Callable, bounds: tuple) -> None:
-    lik = make_likelihood(name, EVENT, **kwargs)
+    lik = build(LIKELIHOODS, name, event_shape=EVENT, **kwargs)
     per_feature = {"categorical": 256, "discretized_logistic": 2}.get(name, 1)
     if kwargs.get("scale") == "datapoint":
         per_feature = 2
@@ -122,7 +118,7 @@ def test_inside_a_vae(name: str, kwargs: dict, data: Callable, bounds: tuple) ->
     ],
 )
 def test_support_errors(name: str, kwargs: dict, bad: float, phrases: list[str]) -> None:
-    lik = make_likelihood(name, EVENT, **kwargs)
+    lik = build(LIKELIHOODS, name, event_shape=EVENT, **kwargs)
     x = torch.zeros(3, *EVENT)
     x[1, 0, 2, 3] = bad
     with pytest.raises(ValueError) as info:
@@ -137,7 +133,7 @@ def test_support_errors(name: str, kwargs: dict, bad: float, phrases: list[str])
 
 def test_gaussian_per_feature_scale() -> None:
     lik = GaussianLikelihood(EVENT, init_scale=0.5, min_scale=1e-3)
-    assert lik.raw_scale.shape == EVENT
+    assert lik.feature_scale.shape == EVENT
     loc = torch.randn(6, *EVENT)
     d = lik(loc)
     torch.testing.assert_close(d.base_dist.scale, torch.full((6, *EVENT), 0.5))
@@ -145,7 +141,7 @@ def test_gaussian_per_feature_scale() -> None:
     expected = torch.distributions.Normal(loc, 0.5).log_prob(x).sum((-3, -2, -1))
     torch.testing.assert_close(d.log_prob(x), expected)
     with torch.no_grad():
-        lik.raw_scale.fill_(-100.0)
+        lik.feature_scale_unconstrained.fill_(-100.0)
     assert (lik(loc).base_dist.scale >= 1e-3).all()
     with pytest.raises(ValueError, match="'feature' or 'datapoint'"):
         GaussianLikelihood(EVENT, scale="global")

@@ -11,7 +11,7 @@ import torch
 from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO
 
-from ppvae.inference.objectives import IWAE_ELBO, IWAEModule
+from ppvae.inference.iwae import IWAE_ELBO, IWAEModule
 from ppvae.models.linear_gaussian import LinearGaussianModel, LinearGuide, PosteriorGuide
 from ppvae.models.vae import VAE
 

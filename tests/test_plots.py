@@ -1,4 +1,4 @@
-"""Figures (ppvae.plots, ppvae.figures) and the HTML report (ppvae.report)."""
+"""Figures (ppvae.plots, ppvae.app.figures) and the HTML report (ppvae.app.report)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from matplotlib.figure import Figure
 
 from ppvae import plots
-from ppvae.figures import FigureRecord, display_range, lerp, make_run_figures, slerp
+from ppvae.app.figures import FigureRecord, display_range, lerp, make_run_figures, slerp
+from ppvae.app.report import reliability_sentence, render_report, training_summary, write_report
 from ppvae.models.vae import VAE
-from ppvae.report import reliability_sentence, render_report, training_summary, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -135,7 +135,7 @@ def test_run_figures_for_a_conditional_image_model(tmp_path):
     ds = load_dataset("digits")
     x, y = ds.test[:60], ds.test_labels[:60]
     vae = VAE(ds.event_shape, 3, likelihood="binomial", hidden=(16,), num_labels=10).eval()
-    history = {"train_elbo": [-400.0, -300.0], "val_elbo": [-390.0, -310.0]}
+    history = {"train_objective": [-400.0, -300.0], "val_elbo": [-390.0, -310.0]}
     records, notes = make_run_figures(vae, x, y, tmp_path, history=history, loglik=_loglik(60))
     names = [r.name for r in records]
     assert names == [
@@ -178,7 +178,7 @@ def test_report_embeds_every_figure_and_escapes_user_strings(tmp_path):
         "verdict": "reliable: 99% of datapoints have k-hat ≤ 0.67",
     }
     history = {
-        "train_elbo": [-30.0, -25.0],
+        "train_objective": [-30.0, -25.0],
         "val_elbo": [-31.0, -26.0],
         "seconds": [1.5, 2.5],
         "images_per_second": [100.0, 300.0],
@@ -222,7 +222,7 @@ def test_reliability_sentence_and_training_summary():
             "seconds": [1.0, 3.0],
             "images_per_second": [10.0, 30.0],
             "epochs_completed": 2,
-            "train_elbo": [-5.0, -4.0],
+            "train_objective": [-5.0, -4.0],
         }
     )
     assert summary["epochs"] == 2 and summary["training time (s)"] == 4.0

@@ -12,14 +12,11 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from torch import nn
+from torch.distributions import transform_to
 
-from ppvae.models.priors import (
-    PRIORS,
-    ARDPrior,
-    MixtureOfGaussians,
-    StudentTPrior,
-    make_prior,
-)
+from ppvae.models.constraints import softplus_greater_than
+from ppvae.models.priors import ARDPrior, LearnedNormal, MixtureOfGaussians, StudentTPrior
+from ppvae.models.registry import PRIORS, build
 from ppvae.models.vae import VAE
 from ppvae.models.vamp import VampPrior
 
@@ -61,7 +58,12 @@ def _vae(prior: str | nn.Module = "normal", **prior_kwargs) -> VAE:
 def test_registry_names() -> None:
     assert set(PRIORS) == {"normal", "learned_normal", "mixture", "vamp", "student_t", "ard"}
     with pytest.raises(ValueError, match="unknown prior 'nope'"):
-        make_prior("nope", LATENT)
+        build(PRIORS, "nope", latent_dim=LATENT)
+
+
+def test_a_prior_instance_must_match_the_vae_latent_dim() -> None:
+    with pytest.raises(ValueError, match="latent_dim=4 but the VAE has 3"):
+        _vae(LearnedNormal(4))
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
@@ -98,8 +100,18 @@ def test_gradient_reaches_every_prior_parameter(name: str, kwargs: dict, vectori
         assert p.grad.abs().sum() > 0, pname
 
 
+def test_softplus_greater_than_is_the_bound_plus_a_softplus() -> None:
+    constraint = softplus_greater_than(0.25)
+    u = torch.linspace(-30.0, 30.0, 61)
+    to = transform_to(constraint)
+    assert torch.equal(to(u), torch.nn.functional.softplus(u) + 0.25)
+    inside = torch.linspace(-5.0, 30.0, 36, dtype=torch.float64)  # away from underflow
+    torch.testing.assert_close(to.inv(to(inside)), inside)
+    assert constraint.check(to(inside)).all() and not constraint.check(torch.tensor(0.2))
+
+
 def test_learned_normal_starts_at_standard_normal() -> None:
-    p = make_prior("learned_normal", LATENT)()
+    p = build(PRIORS, "learned_normal", latent_dim=LATENT)()
     z = torch.randn(5, LATENT)
     expected = dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
     torch.testing.assert_close(p.log_prob(z), expected, atol=1e-3, rtol=0)
@@ -109,11 +121,11 @@ def test_mixture_log_prob_matches_direct_logsumexp() -> None:
     prior = MixtureOfGaussians(LATENT, num_components=6)
     with torch.no_grad():
         prior.logits.copy_(torch.randn(6))
-        prior.raw_scales.copy_(torch.randn(6, LATENT))
+        prior.scales_unconstrained.copy_(torch.randn(6, LATENT))
     # Components start distinct.
     assert torch.cdist(prior.locs, prior.locs).add(torch.eye(6)).min() > 0.1
     z = 2.0 * torch.randn(11, LATENT)
-    scales = torch.nn.functional.softplus(prior.raw_scales) + 1e-4
+    scales = torch.nn.functional.softplus(prior.scales_unconstrained) + 1e-4
     per_component = torch.distributions.Normal(prior.locs, scales).log_prob(z[:, None, :]).sum(-1)
     expected = torch.logsumexp(per_component + prior.logits.log_softmax(-1), dim=-1)
     torch.testing.assert_close(prior().log_prob(z), expected, atol=1e-5, rtol=1e-5)
@@ -127,7 +139,7 @@ def test_vamp_is_mixture_of_guide_posteriors_at_pseudo_inputs() -> None:
     # Binomial(16) data: the pseudo-inputs live in [0, 16].
     assert ((u > 0) & (u < 16)).all()
     z = torch.randn(9, LATENT)
-    q = vae.q(u)
+    q = vae.guide_net(u)
     assert tuple(q.batch_shape) == (5,)
     expected = torch.logsumexp(q.log_prob(z[:, None, :]), dim=-1) - math.log(5)
     torch.testing.assert_close(prior().log_prob(z), expected, atol=1e-5, rtol=1e-5)
@@ -136,10 +148,10 @@ def test_vamp_is_mixture_of_guide_posteriors_at_pseudo_inputs() -> None:
 def test_vamp_does_not_register_the_guide_twice() -> None:
     vae = _vae("vamp", num_components=5)
     prior_params = {id(p) for p in vae.prior.parameters()}
-    guide_params = {id(p) for p in vae.q.parameters()}
+    guide_params = {id(p) for p in vae.guide_net.parameters()}
     assert prior_params.isdisjoint(guide_params)
     assert list(dict(vae.prior.named_parameters())) == ["raw_inputs"]
-    assert not any(k.startswith("prior._q") for k in vae.state_dict())
+    assert not any(k.startswith("prior._guide_net") for k in vae.state_dict())
     # A rebuilt VAE loads the state and reproduces the prior exactly.
     other = _vae("vamp", num_components=5)
     other.load_state_dict(vae.state_dict())
@@ -147,7 +159,7 @@ def test_vamp_does_not_register_the_guide_twice() -> None:
     torch.testing.assert_close(other.prior().log_prob(z), vae.prior().log_prob(z))
     # A deep copy's prior follows the copied guide, not the original one.
     clone = copy.deepcopy(vae)
-    assert clone.prior._q is clone.q
+    assert clone.prior._guide_net is clone.guide_net
 
 
 def test_vamp_init_and_value_range() -> None:
@@ -200,7 +212,7 @@ def test_student_t_df_is_learnable_and_above_floor() -> None:
     assert (prior.df < 3.0).all()
     assert (prior.df > 1.0).all()
     with torch.no_grad():
-        prior.raw_df.fill_(-50.0)
+        prior.df_unconstrained.fill_(-50.0)
     assert (prior.df >= 1.0).all()
 
 

@@ -131,9 +131,9 @@ class TinyGuide(nn.Module):
 def test_user_defined_prior_and_guide_train() -> None:
     prior, guide = LaplacePrior(2), TinyGuide(16, 2)
     vae = VAE((16,), 2, prior=prior, guide=guide, hidden=(16,))
-    assert vae.prior is prior and vae.q is guide
+    assert vae.prior is prior and vae.guide_net is guide
     # The unused built-in encoder is not kept: every parameter belongs to a used part.
-    assert {n.split(".")[0] for n, _ in vae.named_parameters()} == {"prior", "q", "decoder"}
+    assert {n.split(".")[0] for n, _ in vae.named_parameters()} == {"prior", "guide_net", "decoder"}
     x, _, _ = _two_patterns(64)
     before = {n: p.detach().clone() for n, p in vae.named_parameters()}
     loss_before = _estimate_loss(vae.model, vae.guide, x)
@@ -144,7 +144,7 @@ def test_user_defined_prior_and_guide_train() -> None:
         elbo.differentiable_loss(vae.model, vae.guide, x).backward()
         opt.step()
     assert _estimate_loss(vae.model, vae.guide, x) < 0.7 * loss_before
-    for name in ("prior.log_scale", "q.net.weight", "q.net.bias"):
+    for name in ("prior.log_scale", "guide_net.net.weight", "guide_net.net.bias"):
         assert not torch.equal(dict(vae.named_parameters())[name], before[name]), name
     assert vae.encode(x)[0].shape == (64, 2)
 

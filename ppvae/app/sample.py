@@ -7,8 +7,11 @@ from pathlib import Path
 
 import torch
 
-from ppvae.config import UserError
-from ppvae.runs import RunPaths, load_model
+from ppvae import plots
+from ppvae.app.config import UserError
+from ppvae.app.figures import display_range
+from ppvae.app.rundir import RunDir
+from ppvae.app.train import load_model
 
 __all__ = ["sample_run"]
 
@@ -21,10 +24,10 @@ def sample_run(
     out: str | os.PathLike[str] | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write a PNG grid of samples (one row per class for a conditional model)."""
-    from ppvae import plots
-    from ppvae.figures import display_range
+    """Write a PNG grid of samples (one row per class for a conditional model).
 
+    The grid goes to ``out``, by default ``RUN_DIR/samples.png``.
+    """
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
     cfg, vae = load_model(run_dir)
@@ -51,5 +54,5 @@ def sample_run(
         else:
             images = vae.sample(n, y=label)
             fig = plots.plot_samples(images, value_range=value_range, nrow=min(n, 8))
-    path = Path(out) if out is not None else RunPaths(run_dir).root / "samples.png"
+    path = Path(out) if out is not None else RunDir(run_dir).samples
     return plots.save_figure(fig, path)

@@ -2,8 +2,9 @@
 
 Resuming reproduces an uninterrupted run exactly only if everything that decides the next
 epoch comes back: the parameters, the optimizer's moments, the batch order (the loader's
-generator), the global RNG states that Pyro samples from, and the history that early stopping
-reads. The run's settings are stored too, so that a resumption with other settings is refused.
+generator), the RNG states that Pyro samples from (the run's own seeded stream, see
+:func:`ppvae.inference.rng.seeded`), and the history that early stopping reads. The run's
+settings are stored too, so that a resumption with other settings is refused.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ppvae.data import BatchLoader
 from ppvae.inference import checkpoint as ckpt
+from ppvae.inference.batches import BatchLoader
 from ppvae.inference.history import History
 from ppvae.inference.rng import set_rng_state
 
@@ -51,9 +52,11 @@ def resume_run(
 ) -> tuple[History, dict[str, torch.Tensor] | None]:
     """Restore the state saved by :func:`save_run` into freshly built run objects.
 
-    Call it last, after everything that draws random numbers has been built: it resets the
-    global RNG states. Returns the history and, when ``want_best``, the best epoch's
-    parameters (for early stopping to restore at the end).
+    Call it last, after everything that draws random numbers has been built, inside the
+    run's :func:`~ppvae.inference.rng.seeded` block: it resets the global RNG states to the
+    saved ones, which that block gives back to the caller on exit. Returns the history
+    and, when ``want_best``, the best epoch's parameters (for early stopping to restore at
+    the end).
     """
     path = folder / "last.pt"
     if not path.is_file():

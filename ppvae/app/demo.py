@@ -3,21 +3,23 @@
 On ``digits`` (scikit-learn's 8×8 digits, grey levels 0..16) the demo trains a VAE
 with a Binomial likelihood, estimates the test log-likelihood by importance sampling
 with K = 1000 particles and its PSIS k-hat diagnostics, draws the figures and writes
-the HTML report. ``fashion-mnist`` does the same when the data are on disk.
+the HTML report. ``fashion-mnist`` does the same when the data are on disk. The
+dataset is loaded once and handed to each step.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ppvae.config import RunConfig, UserError
-from ppvae.evaluation import evaluate_run
-from ppvae.report import report_run
-from ppvae.runs import RunPaths, train_run
+from ppvae.app.config import RunConfig, UserError
+from ppvae.app.evaluate import evaluate_run
+from ppvae.app.report import report_run
+from ppvae.app.rundir import RunDir
+from ppvae.app.train import load_run_dataset, train_run
+from ppvae.data import Dataset
 
 __all__ = ["DEMO_SETTINGS", "demo_config", "run_demo"]
 
@@ -47,33 +49,16 @@ def demo_config(
     return RunConfig(dataset=dataset, data_dir=data_dir, download=download, **settings)
 
 
-def _check_available(cfg: RunConfig) -> None:
-    from ppvae.data import load_dataset
-
+def _load(cfg: RunConfig) -> Dataset:
+    """The demo's dataset; a missing one raises :class:`UserError` saying how to get it."""
     try:
-        load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download)
+        return load_run_dataset(cfg)
     except FileNotFoundError:
         raise UserError(
             f"{cfg.dataset} is not on disk: install it with 'apt-get install "
             f"dataset-{cfg.dataset}', point --data-dir or PPVAE_DATA at its IDX files, or "
             "pass --download (needs internet)"
         ) from None
-
-
-def _clear_run(paths: RunPaths) -> None:
-    """Remove an earlier demo's results (only the files a run writes)."""
-    if not paths.config.is_file():
-        if paths.root.exists() and any(paths.root.iterdir()):
-            raise UserError(
-                f"{paths.root} exists and is not a ppvae run directory: choose another --out"
-            )
-        return
-    shutil.rmtree(paths.checkpoints, ignore_errors=True)
-    shutil.rmtree(paths.figures, ignore_errors=True)
-    for path in (paths.model, paths.history, paths.metrics, paths.report, paths.config):
-        path.unlink(missing_ok=True)
-    for path in paths.root.glob("loglik_*.pt"):
-        path.unlink()
 
 
 def run_demo(
@@ -92,20 +77,20 @@ def run_demo(
     """
     start = time.perf_counter()
     cfg = demo_config(dataset, epochs=epochs, data_dir=data_dir, download=download)
-    if dataset != "digits":
-        _check_available(cfg)
-    paths = RunPaths(out)
-    _clear_run(paths)
+    ds = _load(cfg)  # before anything is removed or written
+    run = RunDir(out)
+    run.clear()
     chatter = echo if progress else _quiet
-    chatter(f"ppvae demo: {dataset}, writing to {paths.root}")
-    history = train_run(cfg, paths.root, progress=progress, echo=chatter)
+    chatter(f"ppvae demo: {dataset}, writing to {run.root}")
+    history = train_run(cfg, run.root, dataset=ds, progress=progress, echo=chatter)
     metrics = evaluate_run(
-        paths.root,
+        run.root,
         num_samples=DEMO_NUM_SAMPLES,
         limit=DEMO_EVAL_LIMIT[dataset],
         progress=progress,
+        dataset=ds,
     )
-    report = report_run(paths.root)
+    report = report_run(run.root, dataset=ds)
     for line in headline(metrics, history, dataset):
         echo(line)
     echo(f"report: {report} (demo took {time.perf_counter() - start:.0f} s)")

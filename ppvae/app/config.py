@@ -1,10 +1,10 @@
-"""Typed run configuration, read from and written to TOML.
+"""Typed run configuration and its TOML form.
 
 A :class:`RunConfig` holds everything a training run depends on; the resolved
-configuration is written next to the run's results (``RUN_DIR/config.toml``) so
-that ``ppvae train RUN_DIR/config.toml --out OTHER`` repeats the run exactly.
-Files are read with :mod:`tomllib`; the writer below covers exactly the value
-types a :class:`RunConfig` can hold (scalars, lists of scalars, flat tables).
+configuration is written next to the run's results (``RUN_DIR/config.toml``, by
+:mod:`ppvae.app.rundir`) so that ``ppvae train RUN_DIR/config.toml --out OTHER`` repeats
+the run exactly. Files are read with :mod:`tomllib`; :func:`to_toml` covers exactly the
+value types a :class:`RunConfig` can hold (scalars, lists of scalars, flat tables).
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-__all__ = ["RunConfig", "UserError", "load_config", "save_config", "to_toml", "parse_hidden"]
+__all__ = ["RunConfig", "UserError", "parse_hidden", "read_toml", "to_toml"]
 
 ELBOS = ("trace", "meanfield", "iwae")
 BINARIZE = ("auto", "dynamic", "static", "threshold", "none")
@@ -250,26 +249,12 @@ def to_toml(values: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_config(config: RunConfig, path: str | os.PathLike[str]) -> Path:
-    """Write ``config`` as TOML, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("# ppvae run configuration\n" + to_toml(config.to_dict()), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def load_config(path: str | os.PathLike[str]) -> RunConfig:
-    """Read a TOML configuration; problems raise :class:`UserError` naming the file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "config.toml"
+def read_toml(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:
+    """The table of a TOML file; a missing or malformed file raises :class:`UserError`."""
     try:
         with open(path, "rb") as f:
-            values = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist: check the path") from None
+        raise UserError(f"{what} {path} does not exist: check the path") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot parse config file {path} ({err}): fix its TOML syntax") from None
-    return RunConfig.from_dict(values, source=str(path))
+        raise UserError(f"cannot parse {what} {path} ({err}): fix its TOML syntax") from None

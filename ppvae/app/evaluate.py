@@ -14,10 +14,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+import pandas as pd
 
-from ppvae.config import UserError
-from ppvae.runs import RunPaths, load_model, load_run_dataset, split_data, write_json
+from ppvae.app.config import UserError
+from ppvae.app.rundir import RunDir
+from ppvae.app.train import load_model, load_run_dataset, split_data
+from ppvae.data import Dataset
+from ppvae.inference import (
+    LogLikelihoodResult,
+    compare,
+    khat_summary,
+    khat_threshold,
+    log_likelihood,
+)
 
 __all__ = ["evaluate_run", "load_loglik", "compare_runs"]
 
@@ -30,22 +39,23 @@ def evaluate_run(
     seed: int = 0,
     limit: int | None = None,
     progress: bool = True,
+    dataset: Dataset | None = None,
 ) -> dict[str, Any]:
     """Importance-sampled log-likelihood with k-hat diagnostics; writes ``metrics.json``.
 
     ``limit`` evaluates only the first ``limit`` datapoints of the split (the data
     fingerprint then differs, so such a run is compared only with like evaluations).
+    ``dataset`` is the run's data when the caller has loaded it already; otherwise it is
+    loaded as the run's configuration says.
     """
-    from ppvae.inference.importance import log_likelihood
-    from ppvae.inference.khat import khat_summary, khat_threshold
-
     if num_samples < 2:
         raise UserError(f"--num-samples must be at least 2, got {num_samples}")
-    paths = RunPaths(run_dir).require()
-    cfg, vae = load_model(paths.root)
+    run = RunDir(run_dir).require()
+    cfg, vae = load_model(run.root)
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
-    x, y = split_data(load_run_dataset(cfg), split)
+    ds = load_run_dataset(cfg) if dataset is None else dataset
+    x, y = split_data(ds, split)
     y = y[:limit] if vae.num_labels is not None else None
     x = x[:limit]
     start = time.perf_counter()
@@ -90,39 +100,18 @@ def evaluate_run(
         "ess": res.ess,
         "reliable_per_datapoint": res.reliable,
     }
-    _save_tensors(record, paths.loglik(split))
-    write_json(paths.metrics, metrics)
+    run.write_loglik(split, record)
+    run.write_metrics(metrics)
     return metrics
-
-
-def _save_tensors(record: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(record, tmp)
-    os.replace(tmp, path)
 
 
 def load_loglik(run_dir: str | os.PathLike[str], split: str = "test") -> dict[str, Any]:
     """The per-datapoint record ``evaluate`` stored for ``split``."""
-    paths = RunPaths(run_dir).require()
-    path = paths.loglik(split)
-    if not path.is_file():
-        raise UserError(
-            f"{paths.root} has no {split} evaluation ({path.name} missing): run "
-            f"'ppvae evaluate {paths.root} --split {split}' first"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(
-            f"cannot read {path} ({type(err).__name__}): evaluate the run again"
-        ) from None
+    return RunDir(run_dir).require().read_loglik(split)
 
 
-def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], split: str = "test") -> Any:
-    """Comparison table (``ppvae.inference.compare.compare``) of evaluated runs."""
-    from ppvae.inference.compare import compare
-    from ppvae.inference.importance import LogLikelihoodResult
-
+def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], split: str = "test") -> pd.DataFrame:
+    """Comparison table (:func:`ppvae.compare`) of evaluated runs."""
     if len(run_dirs) < 2:
         raise UserError("compare needs at least two run directories")
     results: dict[str, Any] = {}

@@ -206,12 +206,11 @@ def make_run_figures(
         The written figures, and remarks for the report (e.g. skipped image figures).
     """
     out_dir = Path(out_dir)
-    value_range = display_range(vae.likelihood, x)
-    conditional = getattr(vae, "num_labels", None) is not None
     figures: list[tuple[str, Any, str, str]] = []
     notes: list[str] = []
     with torch.no_grad():
         if plots.is_image_shape(x.shape[1:]):
+            value_range = display_range(vae.likelihood, x)
             figures += _image_figures(vae, x, y, value_range, seed, interpolation)
         else:
             notes.append(
@@ -219,31 +218,13 @@ def make_run_figures(
                 f"skipped: datapoints of shape {tuple(x.shape[1:])} are not images."
             )
             if len(x.shape[1:]) == 1:
-                torch.manual_seed(seed)
-                fig = plots.plot_feature_summary(x, vae.sample(len(x)))
-                caption = (
-                    f"Mean ± sd of each feature over the {split} data and over as many "
-                    "model samples (means of p(x | z), so the model's spread is understated)."
-                )
-                figures.append(("features.png", fig, "Per-feature summary", caption))
-        idx = _pick(len(x), max_points, seed)
-        yi = None if y is None else y[idx]
-        mean, _ = vae.encode(x[idx], yi if conditional else None)
-    more = f"{projection.upper()} projection" if mean.shape[1] > 2 else "the latent coordinates"
-    figures.append(
-        (
-            "latent.png",
-            plots.plot_latent_scatter(mean, yi, method=projection, seed=seed),
-            "Latent space",
-            f"Posterior means of {len(idx)} {split} datapoints in {more}"
-            + (", coloured by label." if yi is not None else "."),
-        )
-    )
-    if history and history.get("train_elbo"):
+                figures.append(_feature_figure(vae, x, split, seed))
+        figures.append(_latent_figure(vae, x, y, split, seed, projection, max_points))
+    if history and history.get("train_objective"):
         figures.append(
             (
                 "elbo.png",
-                plots.plot_elbo_curves(history["train_elbo"], history.get("val_elbo")),
+                plots.plot_elbo_curves(history["train_objective"], history.get("val_elbo")),
                 "Training curves",
                 "Per-datapoint training objective (averaged over each epoch) and validation "
                 "ELBO at the end of each epoch.",
@@ -256,6 +237,39 @@ def make_run_figures(
         plots.save_figure(fig, out_dir / name)
         records.append(FigureRecord(name, title, caption))
     return records, notes
+
+
+def _feature_figure(vae: Any, x: torch.Tensor, split: str, seed: int) -> tuple[str, Any, str, str]:
+    torch.manual_seed(seed)
+    fig = plots.plot_feature_summary(x, vae.sample(len(x)))
+    caption = (
+        f"Mean ± sd of each feature over the {split} data and over as many "
+        "model samples (means of p(x | z), so the model's spread is understated)."
+    )
+    return "features.png", fig, "Per-feature summary", caption
+
+
+def _latent_figure(
+    vae: Any,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    split: str,
+    seed: int,
+    projection: str,
+    max_points: int,
+) -> tuple[str, Any, str, str]:
+    conditional = getattr(vae, "num_labels", None) is not None
+    idx = _pick(len(x), max_points, seed)
+    yi = None if y is None else y[idx]
+    mean, _ = vae.encode(x[idx], yi if conditional else None)
+    more = f"{projection.upper()} projection" if mean.shape[1] > 2 else "the latent coordinates"
+    return (
+        "latent.png",
+        plots.plot_latent_scatter(mean, yi, method=projection, seed=seed),
+        "Latent space",
+        f"Posterior means of {len(idx)} {split} datapoints in {more}"
+        + (", coloured by label." if yi is not None else "."),
+    )
 
 
 def _evaluation_figures(loglik: dict[str, Any], split: str) -> list[tuple[str, Any, str, str]]:

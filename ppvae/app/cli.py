@@ -1,8 +1,9 @@
 """The ``ppvae`` command: train, evaluate, sample, compare, score, report, demo.
 
-This is the only module that parses arguments; the work is done by :mod:`ppvae.runs`,
-:mod:`ppvae.scoring` and :mod:`ppvae.demo`. A user error (a bad value, a missing
-file, data the model cannot take) is printed as one line,
+This is the only module that parses arguments; the work is done by the command modules
+of :mod:`ppvae.app` (``train``, ``evaluate``, ``sample``, ``score``, ``report``, ``demo``),
+which read and write run folders through :mod:`ppvae.app.rundir`. A user error (a bad
+value, a missing file, data the model cannot take) is printed as one line,
 ``ppvae: error: <problem>: <fix>``, with exit status 2; anything else keeps its
 traceback, since it is a bug to report.
 """
@@ -11,10 +12,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
 import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
+
+import pandas as pd
+import torch
+from threadpoolctl import threadpool_limits
+
+from ppvae import TrainingDivergedError, __version__
+from ppvae.app.config import RunConfig, UserError, parse_hidden, read_toml
+from ppvae.app.evaluate import compare_runs, evaluate_run
+from ppvae.app.train import resume_config, train_run
+
+# The commands that draw (sample, report, demo) and `score` import their modules when they
+# run, the one exception to imports at the top: the plotting stack (matplotlib, seaborn,
+# torchvision) and scikit-learn take longer to load than torch and Pyro together, and
+# `--help`, `train`, `evaluate` and `compare` need neither.
 
 __all__ = ["main", "build_parser"]
 
@@ -52,12 +66,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ppvae: error: {message}: see '{self.prog} --help'\n")
 
 
-def _version() -> str:
-    from ppvae import __version__
-
-    return f"ppvae {__version__}"
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ppvae`` command."""
     parser = _Parser(
@@ -65,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Variational autoencoders as Pyro programs, with importance-sampled "
         "log-likelihoods and PSIS k-hat diagnostics.",
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version", version=f"ppvae {__version__}")
     parser.add_argument(
         "--threads",
         type=int,
@@ -144,17 +152,7 @@ def _echo(quiet: bool) -> Any:
 
 def _requested(args: argparse.Namespace) -> dict[str, Any]:
     """The configuration values given explicitly: the config file's keys, then the flags."""
-    from ppvae.config import UserError, parse_hidden
-
-    values: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            with open(args.config, "rb") as f:
-                values.update(tomllib.load(f))
-        except FileNotFoundError:
-            raise UserError(f"config file {args.config} does not exist: check the path") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"cannot parse {args.config} ({err}): fix its TOML syntax") from None
+    values = {} if args.config is None else read_toml(args.config)
     fields = [dest for _, dest, _, _ in _TRAIN_FLAGS] + ["download", "conditional"]
     flags = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
     if "hidden" in flags:
@@ -163,9 +161,6 @@ def _requested(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ppvae.config import RunConfig
-    from ppvae.runs import resume_config, train_run
-
     requested = _requested(args)
     if args.resume:
         cfg = resume_config(args.out, requested)
@@ -183,8 +178,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ppvae.evaluation import evaluate_run
-
     m = evaluate_run(
         args.run_dir,
         num_samples=args.num_samples,
@@ -209,19 +202,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
-    from ppvae.sampling import sample_run
+def _headless() -> None:
+    """Load the plotting stack with matplotlib's display-free backend."""
+    from ppvae.plots import use_headless_backend
 
+    use_headless_backend()
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from ppvae.app.sample import sample_run
+
+    _headless()
     path = sample_run(args.run_dir, n=args.n, label=args.label, out=args.out, seed=args.seed)
     print(path)
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from ppvae.evaluation import compare_runs
-
     table = compare_runs(args.run_dirs, split=args.split)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -229,7 +226,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from ppvae.scoring import score_run
+    from ppvae.app.score import score_run
 
     s = score_run(
         args.run_dir,
@@ -251,15 +248,17 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ppvae.report import report_run
+    from ppvae.app.report import report_run
 
+    _headless()
     print(report_run(args.run_dir, interpolation=args.interpolation, projection=args.projection))
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ppvae.demo import run_demo
+    from ppvae.app.demo import run_demo
 
+    _headless()
     run_demo(
         args.dataset,
         args.out,
@@ -273,11 +272,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _set_threads(n: int) -> None:
     """Limit torch's and the numerical libraries' CPU threads to ``n``."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    from ppvae.config import UserError
-
     if n < 1:
         raise UserError(f"--threads must be at least 1, got {n}")
     torch.set_num_threads(n)
@@ -285,10 +279,7 @@ def _set_threads(n: int) -> None:
 
 
 def _is_user_error(err: BaseException) -> bool:
-    if isinstance(err, ValueError | FileNotFoundError):
-        return True
-    step = sys.modules.get("ppvae.inference.step")
-    return step is not None and isinstance(err, step.TrainingDivergedError)
+    return isinstance(err, ValueError | FileNotFoundError | TrainingDivergedError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -296,9 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ArviZ announces its refactor once a day on import; it is no concern of a user here.
     warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
     args = build_parser().parse_args(argv)
-    from ppvae.plots import use_headless_backend
-
-    use_headless_backend()
     try:
         # The demo's small networks train faster on one thread than on two, and ten times
         # faster when other processes compete for the cores (threads then wait on each

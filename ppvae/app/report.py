@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ppvae.figures import FigureRecord, make_run_figures
-from ppvae.runs import RunPaths, load_model, load_run_dataset, split_data
+from ppvae.app.figures import FigureRecord, make_run_figures
+from ppvae.app.rundir import RunDir, write_text
+from ppvae.app.train import load_model, load_run_dataset, split_data
+from ppvae.data import Dataset
 
 __all__ = [
     "reliability_sentence",
@@ -96,8 +97,8 @@ def training_summary(history: Mapping[str, Any]) -> dict[str, Any]:
         "training time (s)": float(sum(seconds)),
         "images per second (mean)": float(sum(ips) / len(ips)) if ips else None,
     }
-    if history.get("train_elbo"):
-        out["final train objective (nats)"] = float(history["train_elbo"][-1])
+    if history.get("train_objective"):
+        out["final train objective (nats)"] = float(history["train_objective"][-1])
     if history.get("val_elbo"):
         out["final validation ELBO (nats)"] = float(history["val_elbo"][-1])
     if history.get("best_epoch") is not None:
@@ -156,33 +157,36 @@ def render_report(
 
 def write_report(path: str | os.PathLike[str], content: str) -> Path:
     """Write the report atomically (a reader never sees half a page)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, content)
 
 
 def report_run(
-    run_dir: str | os.PathLike[str], *, interpolation: str = "slerp", projection: str = "pca"
+    run_dir: str | os.PathLike[str],
+    *,
+    interpolation: str = "slerp",
+    projection: str = "pca",
+    dataset: Dataset | None = None,
 ) -> Path:
-    """Draw the run's figures and write ``report.html``; returns its path."""
-    paths = RunPaths(run_dir).require()
-    cfg, vae = load_model(paths.root)
-    metrics = json.loads(paths.metrics.read_text()) if paths.metrics.is_file() else None
-    history = json.loads(paths.history.read_text()) if paths.history.is_file() else None
+    """Draw the run's figures and write ``report.html``; returns its path.
+
+    ``dataset`` is the run's data when the caller has loaded it already; otherwise it is
+    loaded as the run's configuration says.
+    """
+    run = RunDir(run_dir).require()
+    cfg, vae = load_model(run.root)
+    metrics = run.read_metrics()
+    history = run.read_history()
     split = metrics["split"] if metrics else "test"
     loglik = None
-    if metrics is not None and paths.loglik(split).is_file():
-        from ppvae.evaluation import load_loglik
-
-        loglik = load_loglik(paths.root, split)
-    x, y = split_data(load_run_dataset(cfg), split)
+    if metrics is not None and run.loglik(split).is_file():
+        loglik = run.read_loglik(split)
+    ds = load_run_dataset(cfg) if dataset is None else dataset
+    x, y = split_data(ds, split)
     records, notes = make_run_figures(
         vae,
         x.to(cfg.device),
         y,
-        paths.figures,
+        run.figures,
         split=split,
         history=history,
         loglik=loglik,
@@ -192,13 +196,13 @@ def report_run(
     )
     noun = "digits" if cfg.dataset == "digits" else "datapoints"
     content = render_report(
-        title=f"ppvae run {paths.root.resolve().name}: {cfg.dataset}",
+        title=f"ppvae run {run.root.resolve().name}: {cfg.dataset}",
         config=cfg.to_dict(),
         figures=records,
-        figures_dir=paths.figures,
+        figures_dir=run.figures,
         metrics=metrics,
         history=history,
         notes=notes,
         noun=noun,
     )
-    return write_report(paths.report, content)
+    return run.write_report(content)

@@ -1,0 +1,312 @@
+"""The importance-weighted ELBO, per datapoint, with an optional DReG gradient.
+
+For a model with local latents z_n (inside ``pyro.plate("data")``) and optional global
+latents θ (outside it), :class:`IWAE_ELBO` maximises
+
+    L_K = E[ log p(θ)/q(θ) + Σ_n s · log (1/K) Σ_k p(x_n, z_nk | θ) / q(z_nk | x_n, θ) ],
+
+with θ ~ q(θ) drawn ONCE per outer particle and shared by the K inner particles
+z_nk ~ q(z | x_n, θ), and s = N/B the data plate's scale (so a minibatch of B points
+estimates the full-data bound, as with Pyro's ``Trace_ELBO``). By Jensen's inequality,
+twice, L_K ≤ E_θ[log p(θ)/q(θ) + Σ_n log p(x_n | θ)] ≤ log p(x_1, ..., x_N); without
+global sites L_K = Σ_n IWAE_K(x_n), which increases with K towards Σ_n log p(x_n), and
+L_1 is the ELBO; with global sites L_K tends, as K grows, to the first bound above (an
+ELBO in θ alone). The log-sum-exp runs over the particles of each datapoint separately
+and the scale s multiplies its result. Pyro's ``RenyiELBO(alpha=0)`` differs in two
+cases: when any site lies outside the data plate it sums the weights over the batch
+before its log-sum-exp (one pooled importance sample per particle, a looser bound), and
+under a subsampling plate it applies s inside the log-sum-exp, which is no longer an
+estimate of the full-data bound.
+
+References
+----------
+Burda, Grosse & Salakhutdinov (2016), "Importance Weighted Autoencoders", ICLR.
+Tucker, Lawson, Gu & Maddison (2019), "Doubly Reparameterized Gradient Estimators for
+Monte Carlo Objectives", ICLR (arXiv 2018).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+
+from ppvae.inference.traces import checked_traces, replay, trace_guide
+from ppvae.inference.weights import SiteLogProbs, site_log_probs
+
+__all__ = ["IWAE_ELBO", "IWAETerms", "IWAEModule"]
+
+
+@dataclass
+class IWAETerms:
+    """The pieces of one outer particle of the bound.
+
+    Attributes
+    ----------
+    model_local, guide_local
+        log p(x_n, z_nk | θ) and log q(z_nk | x_n, θ) (unscaled), shape ``(K, B)``.
+    global_term
+        log p(θ) − log q(θ) (0-dim tensor; sites' scales applied).
+    scale
+        The data plate's scale s (N/B under subsampling).
+    model_trace, guide_trace
+        The traces the terms were read from (the guide's global sites have a particle
+        dimension of size 1: one draw shared by the particles).
+    """
+
+    model_local: torch.Tensor
+    guide_local: torch.Tensor
+    global_term: torch.Tensor
+    scale: float
+    model_trace: poutine.Trace
+    guide_trace: poutine.Trace
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """Per-datapoint log-weights given θ, shape ``(K, B)``."""
+        return self.model_local - self.guide_local
+
+    def bound(self) -> torch.Tensor:
+        """log p(θ)/q(θ) + Σ_n s · [logsumexp_k log w_nk − log K]."""
+        lw = self.log_weights
+        per_datapoint = torch.logsumexp(lw, dim=0) - math.log(lw.shape[0])
+        return self.global_term + self.scale * per_datapoint.sum()
+
+
+def _owner(fn: Callable) -> nn.Module | None:
+    owner = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+class IWAEModule(nn.Module):
+    """A (model, guide) pair fixed to an :class:`IWAE_ELBO`, like Pyro's ``ELBOModule``.
+
+    Its ``parameters()`` are those of the modules owning the model and the guide (the
+    objects of bound methods, or the callables themselves when they are modules), and
+    ``forward(*args, **kwargs)`` returns the differentiable loss.
+    """
+
+    def __init__(self, model: Callable, guide: Callable, elbo: IWAE_ELBO) -> None:
+        super().__init__()
+        owners: list[nn.Module] = []
+        for fn in (model, guide):
+            owner = _owner(fn)
+            if owner is not None and all(owner is not o for o in owners):
+                owners.append(owner)
+        self.owners = nn.ModuleList(owners)
+        # Plain attributes: the callables may be bound methods of the owners above.
+        self.__dict__["model_fn"], self.__dict__["guide_fn"] = model, guide
+        self.elbo = elbo
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.elbo.differentiable_loss(self.model_fn, self.guide_fn, *args, **kwargs)
+
+
+def _local_latents(trace: poutine.Trace, data_plate: str) -> dict[str, dict[str, Any]]:
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and any(f.name == data_plate for f in site["cond_indep_stack"])
+    }
+
+
+class IWAE_ELBO:
+    """Importance-weighted bound with a per-datapoint log-sum-exp (see the module doc).
+
+    Parameters
+    ----------
+    num_particles
+        K, inner particles per datapoint (vectorised).
+    dreg
+        Use the doubly reparameterised gradient (DReG) of Tucker et al. for the guide:
+        the guide's parameters φ get Σ_k w̃_k² (∂ log w_k / ∂z_k)(∂z_k / ∂φ), with
+        w̃ the normalised weights and log q differentiated in z only, while the model's
+        parameters get the usual IWAE gradient Σ_k w̃_k ∂ log p(x, z_k) / ∂θ. Both are
+        unbiased for the bound's gradient; DReG's guide gradient does not lose its
+        signal-to-noise ratio as K grows. Global sites get the ordinary reparameterised
+        gradient. The loss's value is the same either way.
+    max_plate_nesting
+        Plates nested in the model; the particle plate goes at ``dim=-(max_plate_nesting+1)``.
+    num_outer
+        Independent draws of (θ, K particles) averaged.
+    data_plate
+        Name of the plate over datapoints.
+
+    Notes
+    -----
+    Guide sites must be reparameterisable (``has_rsample``): the gradient is the
+    pathwise one.
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 5,
+        *,
+        dreg: bool = False,
+        max_plate_nesting: int = 1,
+        num_outer: int = 1,
+        data_plate: str = "data",
+    ) -> None:
+        if int(num_particles) < 1 or int(num_outer) < 1:
+            raise ValueError(
+                f"num_particles and num_outer must be at least 1, got {num_particles}, {num_outer}"
+            )
+        self.num_particles, self.num_outer = int(num_particles), int(num_outer)
+        self.dreg, self.data_plate = bool(dreg), data_plate
+        self.max_plate_nesting = int(max_plate_nesting)
+
+    # ------------------------------------------------------------------ terms
+    def _split(self, trace: poutine.Trace, latent_only: bool) -> SiteLogProbs:
+        return site_log_probs(
+            trace,
+            data_plate=self.data_plate,
+            max_plate_nesting=self.max_plate_nesting,
+            latent_only=latent_only,
+            scale_globals=True,
+        )
+
+    def _terms(self, model_trace: poutine.Trace, guide_trace: poutine.Trace) -> IWAETerms:
+        model_trace, guide_trace = checked_traces(model_trace, guide_trace, self.data_plate)
+        p, q = self._split(model_trace, False), self._split(guide_trace, True)
+        scales = p.local_scales | q.local_scales
+        if len(scales) > 1:
+            raise ValueError(
+                f"sites in pyro.plate({self.data_plate!r}) have different scales "
+                f"{sorted(scales)}: the importance-weighted bound needs one scale per datapoint"
+            )
+        assert p.local is not None  # checked_traces found a site in the data plate
+        shape = (self.num_particles, p.local.shape[-1])
+        guide_local = q.local if q.local is not None else p.local.new_zeros(())
+        glob = p.local.new_zeros(())
+        # Globals are shared by the particles, so their terms are equal across them.
+        if p.glob is not None:
+            glob = glob + p.glob.mean()
+        if q.glob is not None:
+            glob = glob - q.glob.mean()
+        return IWAETerms(
+            model_local=p.local.expand(shape),
+            guide_local=guide_local.expand(shape),
+            global_term=glob,
+            scale=next(iter(scales), 1.0),
+            model_trace=model_trace,
+            guide_trace=guide_trace,
+        )
+
+    def _guide_trace(self, guide: Callable, args: tuple, kwargs: dict) -> poutine.Trace:
+        trace = trace_guide(
+            guide,
+            args,
+            kwargs,
+            self.num_particles,
+            data_plate=self.data_plate,
+            max_plate_nesting=self.max_plate_nesting,
+            share_globals=True,
+        )
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+                continue
+            if not site["fn"].has_rsample:
+                raise ValueError(
+                    f"guide site {name!r} ({type(site['fn']).__name__}) is not "
+                    "reparameterisable: IWAE_ELBO uses pathwise gradients and needs guide "
+                    "distributions with rsample"
+                )
+        return trace
+
+    def particle_terms(
+        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+    ) -> IWAETerms:
+        """Draw one outer particle (θ and K particles per datapoint) and score it."""
+        guide_trace = self._guide_trace(guide, args, kwargs)
+        model_trace = replay(
+            model,
+            guide_trace,
+            args,
+            kwargs,
+            self.num_particles,
+            max_plate_nesting=self.max_plate_nesting,
+        )
+        return self._terms(model_trace, guide_trace)
+
+    # ------------------------------------------------------------------ DReG
+    def _dreg_surrogate(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict
+    ) -> torch.Tensor:
+        # The guide's local draws z(φ, ε) are copied into leaf tensors ζ. The model and
+        # the guide are re-evaluated at ζ (global θ stays on the graph), so that
+        #   * Σ_k w̃_k log p(x, ζ_k) carries the direct gradient of the model's
+        #     parameters (and of θ) weighted by w̃, the IWAE gradient, and
+        #   * g = ∂/∂ζ Σ_k w̃_k² (log p − log q)(ζ_k) holds the partial derivatives in z
+        #     at fixed parameters; ⟨g, z(φ, ε)⟩ then sends g through the reparameterised
+        #     path to φ (and to θ, hierarchical guides included).
+        # log q's direct dependence on the guide's parameters (the score term) is dropped:
+        # this is DReG. No parameter needs detaching, so model and guide may share
+        # parameters (ppvae's VAE is one module with both programs).
+        opts = {"max_plate_nesting": self.max_plate_nesting}
+        guide_trace = self._guide_trace(guide, args, kwargs)
+        live = _local_latents(guide_trace, self.data_plate)
+        leaf_trace = guide_trace.copy()
+        leaves = {}
+        for name, site in live.items():
+            leaves[name] = site["value"].detach().requires_grad_(True)
+            leaf_trace.nodes[name] = {**site, "value": leaves[name]}
+        model_trace = replay(model, leaf_trace, args, kwargs, self.num_particles, **opts)
+        guide_leaf = replay(guide, leaf_trace, args, kwargs, self.num_particles, **opts)
+        terms = self._terms(model_trace, guide_leaf)
+        lw = terms.log_weights
+        with torch.no_grad():
+            w = torch.softmax(lw, dim=0)
+        value = terms.bound().detach()
+        surrogate = terms.global_term + terms.scale * (w * terms.model_local).sum()
+        if leaves:
+            inner = terms.scale * (w.square() * lw).sum()
+            grads = torch.autograd.grad(
+                inner, list(leaves.values()), retain_graph=True, allow_unused=True
+            )
+            for name, g in zip(leaves, grads, strict=True):
+                if g is not None:
+                    surrogate = surrogate + (g.detach() * live[name]["value"]).sum()
+        return value + surrogate - surrogate.detach()
+
+    # ------------------------------------------------------------------ interface
+    def differentiable_loss(
+        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """The negative bound (a scalar to minimise), averaged over ``num_outer`` draws."""
+        total = 0.0
+        for _ in range(self.num_outer):
+            if self.dreg and torch.is_grad_enabled():
+                bound = self._dreg_surrogate(model, guide, args, kwargs)
+            else:
+                bound = self.particle_terms(model, guide, *args, **kwargs).bound()
+            total = total + bound
+        return -total / self.num_outer
+
+    @torch.no_grad()
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """The negative bound as a float, without gradients."""
+        return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """Backpropagate the loss (Pyro's ``SVI`` interface) and return its value."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return float(loss.detach())
+
+    def __call__(self, model: Callable, guide: Callable) -> IWAEModule:
+        return IWAEModule(model, guide, self)
+
+    def __repr__(self) -> str:
+        return (
+            f"IWAE_ELBO(num_particles={self.num_particles}, dreg={self.dreg}, "
+            f"num_outer={self.num_outer})"
+        )

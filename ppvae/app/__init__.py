@@ -1,0 +1,10 @@
+"""The ``ppvae`` command over run folders.
+
+``cli`` parses arguments (the only module that does); ``config`` is the typed run
+configuration; ``rundir`` knows every file of a run folder and writes each one
+atomically; ``train``, ``evaluate``, ``score``, ``sample``, ``figures``, ``report`` and
+``demo`` do the work of the commands. The library (:mod:`ppvae` and its data, readers and
+plots) never imports this package.
+"""
+
+__all__: list[str] = []
