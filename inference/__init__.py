@@ -6,8 +6,11 @@ loaded on the first call that needs it (:mod:`ppvae.inference.diagnostics`), so 
 ``import ppvae`` does not load it.
 """
 
+from ppvae.inference.ais import AISSettings
 from ppvae.inference.amortization import AmortizationGap, amortization_gap
+from ppvae.inference.annealed import ais_log_likelihood
 from ppvae.inference.batches import BatchLoader, TrainingData, binarize_once
+from ppvae.inference.bdmc import BDMCResult, bdmc
 from ppvae.inference.checkpoint import load, load_checkpoint, save
 from ppvae.inference.compare import compare
 from ppvae.inference.diagnostics import (
@@ -20,8 +23,10 @@ from ppvae.inference.history import History
 from ppvae.inference.importance import log_likelihood
 from ppvae.inference.iwae import IWAE_ELBO
 from ppvae.inference.khat import khat_labels, khat_summary, khat_threshold
+from ppvae.inference.local_target import LocalTarget
 from ppvae.inference.objectives import make_elbo
 from ppvae.inference.posterior_checks import NutsCheck, nuts_check
+from ppvae.inference.refine import RefineSettings
 from ppvae.inference.resampling import inference_data
 from ppvae.inference.result import LogLikelihoodResult
 from ppvae.inference.rng import seeded
@@ -47,6 +52,12 @@ __all__ = [
     "IWAE_ELBO",
     "log_likelihood",
     "LogLikelihoodResult",
+    "RefineSettings",
+    "LocalTarget",
+    "ais_log_likelihood",
+    "AISSettings",
+    "bdmc",
+    "BDMCResult",
     "per_datapoint_log_weights",
     "khat_threshold",
     "khat_labels",

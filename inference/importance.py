@@ -1,4 +1,4 @@
-"""Importance-sampled log-likelihood log p(x) with the guide as proposal.
+"""Importance-sampled log-likelihood log p(x): the guide, refined where it fails, or yours.
 
 For each datapoint x_n, K particles z_nk ~ q(z | x_n) give the estimate
 
@@ -10,6 +10,22 @@ bound of Burda et al. (2016), biased low by O(1/K). The particles are drawn in c
 memory depends on ``chunk_size × batch_size`` and not on K; only the small ``(B, K)``
 matrix of log-weights of the current batch is kept.
 
+The guide is an amortised approximation, and on many trained VAEs its importance
+weights are heavy-tailed (PSIS k-hat above 0.7) for most datapoints: the estimate then
+falls short of log p(x) by far more than its Monte Carlo s.e. says. ``proposal="auto"``
+(the default) re-estimates those datapoints with a refined proposal of their own
+(:mod:`ppvae.inference.refine`; the rule is in :mod:`ppvae.inference.proposals`), and
+every standard error is reported only where the diagnostics support it
+(:mod:`ppvae.inference.passes`).
+
+Estimands with global latent sites (θ outside the data plate, e.g. an ARD prior's
+precisions): by default (``global_sites="heldout"``) each log p̂(x_n) estimates
+log E_q(θ)[p(x_n | θ)], the held-out likelihood of a datapoint under the trained model
+with θ integrated over its fitted posterior q(θ); ``"prior_predictive"`` estimates the
+single-datapoint prior predictive log ∫ p(θ) p(x_n | θ) dθ instead; see
+:func:`ppvae.inference.weights.per_datapoint_log_weights`. Each particle's θ_k is
+shared by the datapoints of a batch, and the s.e. of the mean accounts for that.
+
 References
 ----------
 Burda, Grosse & Salakhutdinov (2016), "Importance Weighted Autoencoders", ICLR.
@@ -19,8 +35,6 @@ the delta method).
 
 from __future__ import annotations
 
-import hashlib
-import math
 import sys
 from collections.abc import Callable
 from typing import Literal
@@ -29,88 +43,54 @@ import torch
 from tqdm import tqdm
 
 from ppvae.inference.diagnostics import psis_diagnostics
+from ppvae.inference.local_target import LocalTarget
+from ppvae.inference.passes import (
+    PassRecord,
+    batches,
+    block_sizes,
+    fingerprint,
+    honest_stderr,
+    summarise_log_weights,
+)
+from ppvae.inference.proposals import ProposalFn, call_proposal, needs_refinement, refine_proposal
+from ppvae.inference.refine import RefineSettings
 from ppvae.inference.result import DIAGNOSTIC_FIELDS, LogLikelihoodResult
 from ppvae.inference.rng import seeded
-from ppvae.inference.weights import per_datapoint_log_weights
+from ppvae.inference.traces import global_latent_sites
+from ppvae.inference.weights import GLOBAL_SITES, per_datapoint_log_weights
 
 __all__ = ["log_likelihood", "summarise_log_weights"]
 
-# About 64 MB of float32 activations of data size per chunk of particles.
-# Floats per (batch × chunk × datapoint) block: 16 MB in float32 keeps the decoder's
-# intermediates near the CPU caches (bench/README.md measured 1.3x over 64 MB blocks);
-# GPUs prefer bigger blocks.
-_FLOATS_PER_BATCH = {"cpu": 2**22}
-_FLOATS_PER_BATCH_DEFAULT = 2**24
+_PROPOSALS = ("auto", "guide", "refine")
 
 
-def summarise_log_weights(lw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Estimate, Monte Carlo standard error and ELBO from log-weights of shape ``(B, K)``.
-
-    Returns three ``(B,)`` tensors: logsumexp_k(lw) − log K, its delta-method standard
-    error, and mean_k(lw).
-    """
-    k = lw.shape[-1]
-    lse = torch.logsumexp(lw, dim=-1)
-    estimate = lse - math.log(k)
-    # Delta method. With p̂ = mean_k w_k, Var(p̂) ≈ s²/K where s² = Σ_k (w_k − p̂)² / (K − 1)
-    # is the sample variance of the weights, and se(log p̂) ≈ sqrt(Var p̂) / p̂. Writing the
-    # normalised weights w̃_k = w_k / (K p̂) = softmax(lw)_k,
-    #     Σ_k (w_k − p̂)² = Σ_k w_k² − K p̂² = K p̂² (K Σ_k w̃_k² − 1),
-    # so se² = s² / (K p̂²) = (K Σ_k w̃_k² − 1) / (K − 1), free of the weights' scale and
-    # computed stably from the softmax. (K Σ w̃² = K / ESS is ≥ 1; the clamp is round-off.)
-    if k > 1:
-        w2 = torch.exp(2.0 * (lw - lse.unsqueeze(-1))).sum(-1)
-        stderr = ((k * w2 - 1.0).clamp_min(0.0) / (k - 1)).sqrt()
-    else:
-        stderr = torch.full_like(estimate, math.nan)
-    return estimate, stderr, lw.mean(-1)
-
-
-def _fingerprint(x: torch.Tensor, y: torch.Tensor | None) -> str:
-    h = hashlib.sha256()
-    for t in (x, y):
-        if t is None:
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
-
-
-def _block_sizes(
-    x: torch.Tensor, k: int, batch_size: int | None, chunk_size: int | None
-) -> tuple[int, int]:
-    """Datapoints per batch and particles per chunk (the defaults of :func:`log_likelihood`)."""
-    for name, value in (("chunk_size", chunk_size), ("batch_size", batch_size)):
-        if value is not None and int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-    chunk = min(int(chunk_size or 256), k)
-    floats = _FLOATS_PER_BATCH.get(x.device.type, _FLOATS_PER_BATCH_DEFAULT)
-    size = max(1, x[0].numel())
-    if batch_size is None:
-        batch_size = max(1, floats // (chunk * size))
-    batch_size = min(int(batch_size), x.shape[0])
-    if chunk_size is None:
-        # Few datapoints leave the block part-empty: fill it with particles instead, so that
-        # the fixed cost of tracing a chunk is paid fewer times.
-        chunk = min(k, max(chunk, floats // (batch_size * size)))
-    return batch_size, chunk
-
-
-def _batch_diagnostics(
-    diagnostics: Callable[[torch.Tensor], dict[str, torch.Tensor]], lw: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """A diagnostics callable's output on one batch, checked to be per datapoint, on the CPU."""
-    out = {}
-    for name, value in diagnostics(lw).items():
-        value = torch.as_tensor(value)
-        if value.shape != (lw.shape[0],):
-            raise ValueError(
-                f"diagnostics returned {name!r} with shape {tuple(value.shape)}; "
-                f"expected one value per datapoint, ({lw.shape[0]},)"
-            )
-        out[name] = value.cpu()
-    return out
+def _check_args(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    k: int,
+    proposal: str | ProposalFn,
+    global_sites: str,
+    diagnostics: object,
+) -> None:
+    if k < 1:
+        raise ValueError(f"num_samples must be at least 1, got {k}")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one datapoint, got shape {tuple(x.shape)}")
+    if y is not None and y.shape[0] != x.shape[0]:
+        raise ValueError(f"y has {y.shape[0]} entries but x has {x.shape[0]} datapoints")
+    if not callable(proposal) and proposal not in _PROPOSALS:
+        raise ValueError(
+            f"proposal must be one of {list(_PROPOSALS)} or a callable, got {proposal!r}"
+        )
+    if global_sites not in GLOBAL_SITES:
+        raise ValueError(f"global_sites must be one of {list(GLOBAL_SITES)}, got {global_sites!r}")
+    if global_sites == "prior_predictive" and proposal != "guide":
+        raise ValueError(
+            "global_sites='prior_predictive' is estimated with proposal='guide' only "
+            "(refined proposals and AIS hold θ at draws from q(θ))"
+        )
+    if isinstance(diagnostics, str) and diagnostics != "psis":
+        raise ValueError(f"diagnostics must be 'psis', None or a callable, got {diagnostics!r}")
 
 
 def log_likelihood(
@@ -119,6 +99,8 @@ def log_likelihood(
     x: torch.Tensor,
     *,
     num_samples: int = 1000,
+    proposal: Literal["auto", "guide", "refine"] | ProposalFn = "auto",
+    refine: RefineSettings | None = None,
     batch_size: int | None = None,
     chunk_size: int | None = None,
     y: torch.Tensor | None = None,
@@ -126,14 +108,15 @@ def log_likelihood(
     return_log_weights: bool = False,
     progress: bool | None = None,
     device: str | torch.device | None = None,
-    global_sites: Literal["marginal", "error"] = "marginal",
+    global_sites: Literal["heldout", "prior_predictive", "error"] = "heldout",
     diagnostics: Callable[[torch.Tensor], dict[str, torch.Tensor]]
     | Literal["psis"]
     | None = "psis",
+    pool_share: float = 0.1,
     data_plate: str = "data",
     max_plate_nesting: int = 1,
 ) -> LogLikelihoodResult:
-    """Estimate log p(x_n) for every datapoint by importance sampling from the guide.
+    """Estimate log p(x_n) for every datapoint by importance sampling.
 
     Parameters
     ----------
@@ -146,6 +129,17 @@ def log_likelihood(
         Data ``(N, ...)`` and optional labels ``(N,)``.
     num_samples
         K, particles per datapoint.
+    proposal
+        ``"auto"`` (default): estimate with the guide, then re-estimate with ``"refine"``
+        the datapoints whose k-hat exceeds 0.5, and all of them when more than
+        ``pool_share`` do (:func:`ppvae.inference.proposals.needs_refinement`).
+        ``"guide"``: the guide only. ``"refine"``: every datapoint with a refined
+        proposal (:mod:`ppvae.inference.refine`; needs continuous local latents).
+        A callable ``proposal(target, num_samples, chunk_size)`` gets a
+        :class:`~ppvae.inference.local_target.LocalTarget` per batch and returns
+        ``(K, B)`` log-weights (or those and a dict of ``(B,)`` extras).
+    refine
+        Settings of the refined proposal (:class:`~ppvae.inference.refine.RefineSettings`).
     batch_size
         Datapoints per batch; by default a block of chunk_size × batch_size × datapoint
         size of about 2**22 floats on CPU (2**24 elsewhere).
@@ -158,85 +152,181 @@ def log_likelihood(
         untouched; without a seed the global stream is used (and advanced). Results depend on
         ``chunk_size`` and ``batch_size`` through the order of the draws.
     return_log_weights
-        Keep the ``(N, K)`` log-weights in the result.
+        Keep the ``(N, K)`` log-weights in the result (of the proposal each datapoint's
+        estimate came from).
     progress
         Show a progress bar over batches (default: when stderr is a terminal).
     device
         Move x (and y) there; the model and guide must already be on it.
     global_sites
-        Treatment of latent sites outside the data plate: see
-        :func:`ppvae.inference.weights.per_datapoint_log_weights`.
+        The estimand when there are latent sites outside the data plate: ``"heldout"``
+        (default), ``"prior_predictive"`` (guide proposal only) or ``"error"``; see the
+        module docstring.
     diagnostics
         ``"psis"`` (default): Pareto-smoothed importance sampling diagnostics from
         :func:`ppvae.inference.diagnostics.psis_diagnostics` fill ``khat``, ``ess`` and
-        ``reliable`` (skipped when K < 2). ``None`` turns them off. A callable is called
-        with each batch's ``(B, K)`` float64 log-weights and returns per-datapoint
-        ``(B,)`` tensors that are concatenated into the result (``khat``, ``ess``,
-        ``reliable`` into those fields, other names into ``extras``), so that
-        diagnostics need not keep all N × K weights.
+        ``reliable`` (skipped when K < 2). ``None`` turns them off, and with them the
+        escalation of ``"auto"`` and the check of the standard errors. A callable is
+        called with each batch's ``(B, K)`` log-weights and returns per-datapoint ``(B,)``
+        tensors (``khat``, ``ess``, ``reliable`` into those fields, others into
+        ``extras``), so that diagnostics need not keep all N × K weights.
 
     Returns
     -------
     LogLikelihoodResult
+        With ``proposal`` per datapoint, ``guide_only`` (the guide's estimate, when
+        another proposal re-estimated some datapoints), and standard errors only where
+        the k-hat supports them (:func:`ppvae.inference.passes.honest_stderr`).
     """
     k = int(num_samples)
-    if k < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(f"x must hold at least one datapoint, got shape {tuple(x.shape)}")
-    if y is not None and y.shape[0] != x.shape[0]:
-        raise ValueError(f"y has {y.shape[0]} entries but x has {x.shape[0]} datapoints")
+    _check_args(x, y, k, proposal, global_sites, diagnostics)
     if device is not None:
         x = x.to(device)
         y = None if y is None else y.to(device)
-    n = x.shape[0]
-    batch_size, chunk = _block_sizes(x, k, batch_size, chunk_size)
     check = getattr(getattr(model, "__self__", None), "check_data", None)
     if callable(check):
         check(x, y)
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if isinstance(diagnostics, str):
-        if diagnostics != "psis":
-            raise ValueError(f"diagnostics must be 'psis', None or a callable, got {diagnostics!r}")
+    if diagnostics == "psis":
         diagnostics = psis_diagnostics if k >= 2 else None
+    with seeded(seed):
+        # Inside the seeded block: building the context traces the guide once.
+        context = _Context(
+            model,
+            guide,
+            x,
+            y,
+            k,
+            batch_size,
+            chunk_size,
+            diagnostics,
+            return_log_weights,
+            sys.stderr.isatty() if progress is None else progress,
+            global_sites,
+            data_plate,
+            max_plate_nesting,
+        )
+        if callable(proposal):
+            return context.result({"custom": context.proposal_pass(proposal, None)}, seed)
+        guide_pass = context.guide_pass()
+        if proposal == "guide" or diagnostics is None and proposal == "auto":
+            return context.result({"guide": guide_pass}, seed)
+        guide_only = context.result({"guide": guide_pass}, seed)
+        mask = torch.ones(len(x), dtype=torch.bool)
+        if proposal == "auto":
+            khat = guide_only.khat
+            mask = needs_refinement(khat, pool_share) if khat is not None else ~mask
+        if not mask.any():
+            return guide_only
+        refined = context.proposal_pass(refine_proposal(refine), mask.nonzero().squeeze(-1))
+        res = context.result({"guide": guide_pass, "refine": refined}, seed)
+        res.guide_only = guide_only
+        return res
 
-    parts: dict[str, list[torch.Tensor]] = {"est": [], "se": [], "elbo": [], "lw": []}
-    diag: dict[str, list[torch.Tensor]] = {}
-    with seeded(seed), torch.no_grad():
-        for start in tqdm(range(0, n, batch_size), desc="log p(x)", disable=not progress):
-            xb = x[start : start + batch_size]
-            args = (xb,) if y is None else (xb, y[start : start + batch_size])
-            chunks = [
-                per_datapoint_log_weights(
-                    model,
-                    guide,
-                    args,
-                    {},
-                    min(chunk, k - k0),
-                    data_plate=data_plate,
-                    max_plate_nesting=max_plate_nesting,
-                    global_sites=global_sites,
-                ).to(torch.float64)
-                for k0 in range(0, k, chunk)
-            ]
-            lw = torch.cat(chunks, dim=0).T.contiguous()
-            for key, value in zip(("est", "se", "elbo"), summarise_log_weights(lw), strict=True):
-                parts[key].append(value.cpu())
-            if return_log_weights:
-                parts["lw"].append(lw.cpu())
-            if diagnostics is not None:
-                for name, value in _batch_diagnostics(diagnostics, lw).items():
-                    diag.setdefault(name, []).append(value)
-    merged = {name: torch.cat(values) for name, values in diag.items()}
-    return LogLikelihoodResult(
-        per_datapoint=torch.cat(parts["est"]),
-        mc_stderr_per_datapoint=torch.cat(parts["se"]),
-        elbo_per_datapoint=torch.cat(parts["elbo"]),
-        num_samples=k,
-        log_weights=torch.cat(parts["lw"]) if return_log_weights else None,
-        data_fingerprint=_fingerprint(x, y),
-        seed=seed,
-        **{name: merged.pop(name) for name in DIAGNOSTIC_FIELDS if name in merged},
-        extras=merged,
-    )
+
+class _Context:
+    """The settings of one ``log_likelihood`` call, and its passes over the data."""
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        k: int,
+        batch_size: int | None,
+        chunk_size: int | None,
+        diagnostics: Callable | None,
+        keep_log_weights: bool,
+        progress: bool,
+        global_sites: str,
+        data_plate: str,
+        max_plate_nesting: int,
+    ) -> None:
+        self.model, self.guide, self.x, self.y, self.k = model, guide, x, y, k
+        self.sizes = (batch_size, chunk_size)
+        self.diagnostics, self.keep_log_weights = diagnostics, keep_log_weights
+        self.progress, self.global_sites = progress, global_sites
+        self.opts = {"data_plate": data_plate, "max_plate_nesting": max_plate_nesting}
+        first = (x[:1],) if y is None else (x[:1], y[:1])
+        # Datapoints that share each particle's θ_k have correlated errors: the s.e. of
+        # the mean then needs the log-weights, batch by batch.
+        self.shared = bool(global_latent_sites(guide, first, {}, **self.opts))
+
+    def _record(self, rec: PassRecord, idx: torch.Tensor, lw: torch.Tensor, **extras) -> None:
+        keep = self.keep_log_weights or self.shared
+        rec.add(idx, lw, diagnostics=self.diagnostics, keep_log_weights=keep, **extras)
+
+    def guide_pass(self) -> PassRecord:
+        n = len(self.x)
+        size, chunk = block_sizes(self.x, self.k, *self.sizes)
+        rec = PassRecord()
+        steps = batches(self.x, self.y, torch.arange(n), size)
+        with torch.no_grad():
+            for idx, args in tqdm(steps, "log p(x)", -(-n // size), disable=not self.progress):
+                lw = torch.cat(
+                    [
+                        per_datapoint_log_weights(
+                            self.model,
+                            self.guide,
+                            args,
+                            {},
+                            min(chunk, self.k - k0),
+                            global_sites=self.global_sites,
+                            **self.opts,
+                        )
+                        for k0 in range(0, self.k, chunk)
+                    ]
+                )
+                self._record(rec, idx, lw)
+        return rec
+
+    def proposal_pass(self, proposal: ProposalFn, index: torch.Tensor | None) -> PassRecord:
+        index = torch.arange(len(self.x)) if index is None else index.cpu()
+        size, chunk = block_sizes(self.x[index.to(self.x.device)], self.k, *self.sizes)
+        rec = PassRecord()
+        steps = batches(self.x, self.y, index.to(self.x.device), size)
+        total = -(-len(index) // size)
+        for idx, args in tqdm(steps, "refine", total, disable=not self.progress):
+            target = LocalTarget(self.model, self.guide, args, **self.opts)
+            lw, extras = call_proposal(proposal, target, self.k, chunk)
+            self._record(rec, idx, lw, extras=extras)
+        return rec
+
+    def result(self, passes: dict[str, PassRecord], seed: int | None) -> LogLikelihoodResult:
+        """Merge passes (a later pass's datapoints override an earlier's) into a result."""
+        n = len(self.x)
+        source = torch.zeros(n, dtype=torch.long)
+        fields: dict[str, torch.Tensor] = {}
+        for code, rec in enumerate(passes.values()):
+            idx, values = rec.merged()
+            source[idx] = code
+            for key, value in values.items():
+                if key not in fields:
+                    fill = False if value.dtype == torch.bool else float("nan")
+                    fields[key] = torch.full((n, *value.shape[1:]), fill, dtype=value.dtype)
+                fields[key][idx] = value
+        names = list(passes)
+        khat = fields.pop("khat", None)
+        stderr, approximate = honest_stderr(fields.pop("se"), khat, self.k)
+        shared = None
+        if self.shared:
+            shared = sum(
+                float(rec.shared_variance(source == code, n))
+                for code, rec in enumerate(passes.values())
+            )
+        log_weights = fields.pop("log_weights", None)
+        return LogLikelihoodResult(
+            per_datapoint=fields.pop("est"),
+            mc_stderr_per_datapoint=stderr,
+            elbo_per_datapoint=fields.pop("elbo"),
+            num_samples=self.k,
+            log_weights=log_weights if self.keep_log_weights else None,
+            data_fingerprint=fingerprint(self.x, self.y),
+            seed=seed,
+            khat=khat,
+            **{name: fields.pop(name) for name in DIAGNOSTIC_FIELDS[1:] if name in fields},
+            extras=fields,
+            proposal=[names[i] for i in source.tolist()],
+            mc_stderr_approximate=approximate,
+            mean_mc_variance=shared,
+        )

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ppvae.inference.diagnostics import to_inference_data
+from ppvae.inference.khat import khat_threshold
 
 __all__ = ["DIAGNOSTIC_FIELDS", "LogLikelihoodResult"]
 
@@ -51,7 +52,22 @@ class LogLikelihoodResult:
         Per-datapoint diagnostics (Pareto k-hat, effective sample size, verdict), filled
         by a ``diagnostics`` callable or by :mod:`ppvae.inference.diagnostics`.
     extras
-        Other per-datapoint outputs of the ``diagnostics`` callable.
+        Other per-datapoint outputs: of the ``diagnostics`` callable, of a proposal
+        (``guide_offset``, ``guide_scale_ratio`` of the refined proposal, NaN where it
+        was not used) or of AIS (``accept_rate``, ``step_size``).
+    proposal
+        Which proposal produced each datapoint's estimate: ``"guide"``, ``"refine"``,
+        ``"custom"`` (a proposal callable) or ``"ais"``.
+    guide_only
+        The estimate with the guide alone, kept for comparison when another proposal
+        re-estimated some datapoints.
+    mc_stderr_approximate
+        Per datapoint: 0.5 < k-hat ≤ threshold, where the weights' variance may be
+        infinite and the s.e. is approximate. (Above the threshold the s.e. is NaN.)
+    mean_mc_variance
+        Monte Carlo variance of :attr:`mean` when the datapoints' errors are correlated
+        (global latent sites drawn once per particle for a whole batch); ``None`` when
+        they are independent and :attr:`mc_stderr` adds up the per-datapoint errors.
     """
 
     per_datapoint: torch.Tensor
@@ -65,6 +81,10 @@ class LogLikelihoodResult:
     ess: torch.Tensor | None = None
     reliable: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    proposal: list[str] | None = None
+    guide_only: LogLikelihoodResult | None = None
+    mc_stderr_approximate: torch.Tensor | None = None
+    mean_mc_variance: float | None = None
 
     def __len__(self) -> int:
         return int(self.per_datapoint.shape[0])
@@ -86,8 +106,33 @@ class LogLikelihoodResult:
 
     @property
     def mc_stderr(self) -> float:
-        """Monte Carlo standard error of :attr:`mean`, sqrt(Σ se_n²)/N."""
-        return float(self.mc_stderr_per_datapoint.square().sum().sqrt() / len(self))
+        """Monte Carlo standard error of :attr:`mean`, sqrt(Σ se_n²)/N.
+
+        NaN when any datapoint's s.e. is NaN (its k-hat rejects the estimate): a Monte
+        Carlo error of the mean is then not supported by the diagnostics. With global
+        latent sites, the variance accounts for the datapoints sharing each draw of θ.
+        """
+        se = self.mc_stderr_per_datapoint
+        if bool(se.isnan().any()):
+            return math.nan
+        if self.mean_mc_variance is not None:
+            return math.sqrt(max(self.mean_mc_variance, 0.0))
+        return float(se.square().sum().sqrt() / len(self))
+
+    @property
+    def khat_threshold(self) -> float:
+        """The k-hat above which an estimate is rejected, min(1 − 1/log10 K, 0.7)."""
+        return khat_threshold(self.num_samples)
+
+    @property
+    def num_refined(self) -> int:
+        """How many datapoints a proposal other than the guide estimated."""
+        return sum(p != "guide" for p in self.proposal or [])
+
+    @property
+    def num_without_stderr(self) -> int:
+        """How many datapoints have no Monte Carlo s.e. (k-hat above the threshold)."""
+        return int(self.mc_stderr_per_datapoint.isnan().sum())
 
     @property
     def elbo(self) -> float:
@@ -101,11 +146,17 @@ class LogLikelihoodResult:
 
     def summary(self) -> str:
         """One line: estimate, standard errors, ELBO, K and N."""
-        text = (
-            f"log p(x) = {self.mean:.2f} ± {self.stderr:.2f} (data s.e.), "
-            f"MC s.e. {self.mc_stderr:.2g}, ELBO {self.elbo:.2f}, "
-            f"K={self.num_samples}, N={len(self)}"
+        mc = (
+            f"MC s.e. {self.mc_stderr:.2g}"
+            if math.isfinite(self.mc_stderr)
+            else f"no MC s.e. ({self.num_without_stderr} datapoints rejected by k-hat)"
         )
+        text = (
+            f"log p(x) = {self.mean:.2f} ± {self.stderr:.2f} (data s.e.), {mc}, "
+            f"ELBO {self.elbo:.2f}, K={self.num_samples}, N={len(self)}"
+        )
+        if self.num_refined:
+            text += f", refined {self.num_refined}"
         if self.reliable is not None:
             text += f", reliable {float(self.reliable.double().mean()):.0%}"
         return text
@@ -133,6 +184,8 @@ class LogLikelihoodResult:
             "num_datapoints": len(self),
             "data_fingerprint": self.data_fingerprint,
             "seed": self.seed,
+            "num_refined": self.num_refined,
+            "num_without_stderr": self.num_without_stderr,
         }
         out = {
             k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()
@@ -142,4 +195,10 @@ class LogLikelihoodResult:
         for name in DIAGNOSTIC_FIELDS:
             out[name] = _floats(getattr(self, name))
         out["extras"] = {k: _floats(v) for k, v in self.extras.items()}
+        out["proposal"] = list(self.proposal) if self.proposal is not None else None
+        out["mc_stderr_approximate"] = _floats(self.mc_stderr_approximate)
+        if self.guide_only is not None:
+            out["guide_only"] = {
+                k: v for k, v in self.guide_only.to_dict().items() if not isinstance(v, list | dict)
+            }
         return out

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyro
+import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
@@ -29,6 +30,7 @@ __all__ = [
     "replay",
     "trace_model_and_guide",
     "checked_traces",
+    "global_latent_sites",
 ]
 
 PARTICLE_PLATE = "_particles"
@@ -186,3 +188,23 @@ def checked_traces(
                 "in the guide: model and guide must draw it in the same plates"
             )
     return model_trace, guide_trace
+
+
+def global_latent_sites(
+    guide: Callable,
+    args: tuple,
+    kwargs: dict[str, Any],
+    *,
+    data_plate: str = "data",
+    max_plate_nesting: int = 1,
+) -> list[str]:
+    """The names of the guide's latent sites outside ``pyro.plate(data_plate)``."""
+    with poutine.block(), torch.no_grad():
+        trace = trace_guide(guide, args, kwargs, 1, max_plate_nesting=max_plate_nesting)
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if _is_latent(site)
+        and not site_is_subsample(site)
+        and _data_frame(site, data_plate) is None
+    ]

@@ -34,7 +34,10 @@ from pyro import poutine
 
 from ppvae.inference.traces import _data_frame, trace_model_and_guide
 
-__all__ = ["SiteLogProbs", "site_log_probs", "per_datapoint_log_weights"]
+# The estimands of log_likelihood when a model has latent sites outside the data plate.
+GLOBAL_SITES = ("heldout", "prior_predictive", "error")
+
+__all__ = ["GLOBAL_SITES", "SiteLogProbs", "site_log_probs", "per_datapoint_log_weights"]
 
 
 def _mask(lp: torch.Tensor, mask: Any) -> torch.Tensor:
@@ -155,7 +158,7 @@ def per_datapoint_log_weights(
     *,
     data_plate: str = "data",
     max_plate_nesting: int = 1,
-    global_sites: Literal["marginal", "error"] = "marginal",
+    global_sites: Literal["heldout", "prior_predictive", "error"] = "heldout",
 ) -> torch.Tensor:
     """Importance log-weights log p(x_n, z_nk) − log q(z_nk | x_n), shape ``(K, B)``.
 
@@ -169,26 +172,29 @@ def per_datapoint_log_weights(
     max_plate_nesting
         The number of plates the model nests; the particle plate goes left of them.
     global_sites
-        What to do with latent sites outside the data plate (global θ, e.g. an ARD
-        precision). ``"marginal"``: each particle draws its own θ_k ~ q(θ), and
-        log p(θ_k) − log q(θ_k) is added to every datapoint's weight, so that
+        What is estimated when there are latent sites outside the data plate (global θ,
+        e.g. an ARD precision); each particle draws its own θ_k ~ q(θ), shared by the
+        datapoints of a batch.
 
-            w_nk = p(θ_k) p(x_n, z_nk | θ_k) / (q(θ_k) q(z_nk | x_n, θ_k))
+        ``"heldout"`` (default): w_nk = p(x_n, z_nk | θ_k) / q(z_nk | x_n, θ_k), whose
+        mean is unbiased for E_q(θ)[p(x_n | θ)], the probability of a new datapoint
+        under the trained model with θ integrated over its fitted posterior q(θ) (the
+        held-out likelihood, the quantity a test set measures).
 
-        has expectation ∫ p(θ) p(x_n | θ) dθ = p(x_n): each datapoint's estimate is
-        an unbiased importance-sampling estimate of its marginal likelihood under the
-        prior over θ. (The datapoints share the draws θ_k, so their estimates are
-        correlated; the sum over datapoints is not an estimate of the joint
-        log p(x_1..N), which couples the datapoints through θ.) ``"error"``: raise a
-        ``ValueError`` naming the global sites.
+        ``"prior_predictive"``: w_nk also carries p(θ_k)/q(θ_k), so its mean is unbiased
+        for ∫ p(θ) p(x_n | θ) dθ, the single-datapoint prior predictive. With a q(θ)
+        fitted to many datapoints (narrower than the prior) these weights have no finite
+        variance and the estimate falls far short; use it with a q(θ) wider than p(θ).
+
+        ``"error"``: raise a ``ValueError`` naming the global sites.
 
     Returns
     -------
     torch.Tensor
         Shape ``(K, B)``, in the model's dtype, on the data's device.
     """
-    if global_sites not in ("marginal", "error"):
-        raise ValueError(f"global_sites must be 'marginal' or 'error', got {global_sites!r}")
+    if global_sites not in GLOBAL_SITES:
+        raise ValueError(f"global_sites must be one of {list(GLOBAL_SITES)}, got {global_sites!r}")
     model_trace, guide_trace = trace_model_and_guide(
         model,
         guide,
@@ -205,7 +211,7 @@ def per_datapoint_log_weights(
         raise ValueError(
             f"the guide has latent site(s) {list(q.global_sites)} outside "
             f"pyro.plate({data_plate!r}) (global sites), and global_sites='error'; use "
-            "global_sites='marginal' to estimate each p(x_n) with θ integrated over its prior"
+            "global_sites='heldout' to estimate each p(x_n) with θ integrated over q(θ)"
         )
     shape = (int(num_particles), _data_size(model_trace, data_plate))
     assert p.local is not None  # the model has a site in the data plate (checked)
@@ -213,6 +219,6 @@ def per_datapoint_log_weights(
     for part, sign in ((p, 1.0), (q, -1.0)):
         if part.local is not None:
             lw = lw + sign * part.local
-        if part.glob is not None:
+        if part.glob is not None and global_sites == "prior_predictive":
             lw = lw + sign * part.glob.unsqueeze(-1)
     return lw

@@ -92,8 +92,9 @@ def test_minibatch_scale_does_not_leak_into_weights():
 def test_wrong_guide_converges_as_k_grows():
     model, x, exact = _ppca()
     guide = PosteriorGuide(model, scale_factor=1.5, shift=0.3)
-    small = log_likelihood(model.model, guide.guide, x, num_samples=10, seed=2)
-    large = log_likelihood(model.model, guide.guide, x, num_samples=10000, chunk_size=2500, seed=2)
+    opts = {"proposal": "guide", "seed": 2}
+    small = log_likelihood(model.model, guide.guide, x, num_samples=10, **opts)
+    large = log_likelihood(model.model, guide.guide, x, num_samples=10000, chunk_size=2500, **opts)
     err_small = (small.per_datapoint - exact).abs().mean()
     err_large = (large.per_datapoint - exact).abs()
     assert err_large.mean() < 0.2 * err_small
@@ -383,13 +384,14 @@ def test_quadrature_oracle_integrates_the_prior_exactly():
     assert float(mean) == pytest.approx(1.5, abs=1e-9)
 
 
-def test_global_sites_marginal_converges_to_quadrature():
+def test_global_sites_prior_predictive_converges_to_quadrature():
     m, x = _global_data()
     exact = m.log_marginal(x)
-    res = log_likelihood(m.model, m.guide, x, num_samples=10000, chunk_size=5000, seed=0)
+    opts = {"seed": 0, "proposal": "guide", "global_sites": "prior_predictive"}
+    res = log_likelihood(m.model, m.guide, x, num_samples=10000, chunk_size=5000, **opts)
     assert res.mc_stderr_per_datapoint.max() < 0.03
     assert ((res.per_datapoint - exact).abs() < 4 * res.mc_stderr_per_datapoint).all()
-    small = log_likelihood(m.model, m.guide, x, num_samples=5, seed=0)
+    small = log_likelihood(m.model, m.guide, x, num_samples=5, **opts)
     assert (res.per_datapoint - exact).abs().mean() < (small.per_datapoint - exact).abs().mean()
     with pytest.raises(ValueError, match=r"\['tau'\].*global_sites='error'"):
         log_likelihood(m.model, m.guide, x, num_samples=4, global_sites="error")
