@@ -79,6 +79,13 @@ def _paired_mc_var(a: Any, b: Any) -> np.ndarray | None:
     return as_numpy(u.var(-1) / k)
 
 
+def _mc_stderr(res: Any, se: np.ndarray) -> float:
+    """Monte Carlo s.e. of a result's mean: NaN when any datapoint's s.e. is NaN."""
+    if hasattr(res, "mean_mc_variance"):
+        return float(res.mc_stderr)  # accounts for datapoints that share global draws
+    return float(math.sqrt(np.sum(se**2)) / len(se))
+
+
 def _share_above(res: Any) -> float:
     khat = getattr(res, "khat", None)
     if khat is None and getattr(res, "log_weights", None) is not None:
@@ -103,7 +110,8 @@ def compare(results: Mapping[str, Any]) -> pd.DataFrame:
         (mean log p̂(x) per datapoint), ``stderr`` (sd over datapoints / √N),
         ``mc_stderr`` (Monte Carlo error of ``mean``), ``diff`` (best's mean minus this
         model's, ≥ 0), ``diff_stderr`` (sd of the per-datapoint differences / √N),
-        ``diff_mc_stderr`` (Monte Carlo error of ``diff``), ``paired_particles`` (whether
+        ``diff_mc_stderr`` (Monte Carlo error of ``diff``; both MC errors are NaN when a
+        datapoint they involve has no supported s.e.), ``paired_particles`` (whether
         ``diff_mc_stderr`` used the paired weights, see the module docstring), ``elbo``,
         ``khat_above_threshold`` (share of datapoints whose k-hat exceeds
         min(1 − 1/log10 K, 0.7), from the result's ``khat`` or its log-weights; NaN when
@@ -135,17 +143,20 @@ def compare(results: Mapping[str, Any]) -> pd.DataFrame:
         elif paired is None:
             mc_var = best_se**2 + se**2
         else:
-            mc_var = paired
+            # The paired variance is computed from the weights, but where either estimate's
+            # k-hat rejected it (NaN s.e.) a delta-method variance is not supported either.
+            mc_var = np.where(np.isnan(best_se) | np.isnan(se), np.nan, paired)
         rows.append(
             {
                 "model": name,
                 "rank": rank,
                 "mean": means[name],
                 "stderr": float(ll.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
-                "mc_stderr": float(math.sqrt(np.nansum(se**2)) / n),
+                "mc_stderr": _mc_stderr(r, se),
                 "diff": float(d.mean()),
                 "diff_stderr": float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
-                "diff_mc_stderr": float(math.sqrt(np.nansum(mc_var)) / n),
+                # A NaN (unsupported) s.e. leaves the sum unknown: it must not count as 0.
+                "diff_mc_stderr": float(math.sqrt(np.sum(mc_var)) / n),
                 "paired_particles": paired is not None,
                 "elbo": float(as_numpy(r.elbo_per_datapoint).mean()),
                 "khat_above_threshold": _share_above(r),

@@ -14,6 +14,11 @@ Pareto k-hat
     K ≤ 20, ``psislw`` has too few tail draws and reports k-hat = inf. Weights equal up
     to round-off (the guide is the exact posterior) have no tail at all: their k-hat is
     reported as −inf, the limit of a generalised Pareto distribution shrinking to a point.
+    Round-off is judged at the precision the weights were *computed* in (float32 weights
+    widened to float64 keep float32's round-off). Zero weights (log-weight −inf: the
+    proposal drew z where p(x, z) = 0) are harmless for the estimate, which counts them
+    in K, but they carry no mass: the tail is fitted to the draws that do, the ESS counts
+    only those, and fewer than 21 of them cannot be judged (k-hat = inf).
 
 InferenceData
     :func:`to_inference_data` (and :func:`ppvae.inference.resampling.inference_data`,
@@ -43,7 +48,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ppvae.inference.khat import as_numpy, khat_summary, khat_threshold, khat_values
+from ppvae.inference.khat import (
+    MAX_UNFITTABLE_SAMPLES,
+    as_numpy,
+    khat_summary,
+    khat_threshold,
+    khat_values,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import arviz as az
@@ -56,12 +67,14 @@ __all__ = [
     "mcmc_summary",
 ]
 
-# Log-weights spread over less than this many nats (or this many round-off units of their
-# dtype) are equal up to round-off: a generalised Pareto fit would only see rounding noise
-# (quantised float32 noise even defeats it, leaving too few distinct tail values), and the
-# estimate's relative error is below the spread whatever the tail, so they count as constant.
+# Log-weights spread over less than this many nats (or this many round-off units of the
+# precision they were computed in, relative to their magnitude) are equal up to round-off:
+# a generalised Pareto fit would only see rounding noise (quantised float32 noise even
+# defeats it, leaving too few distinct tail values), and the estimate's relative error is
+# below the spread whatever the tail, so they count as constant. An exact float32 guide
+# spreads its log-weights over at most ~30 units on probabilistic PCA (latent 1 to 50).
 _CONSTANT_SPREAD = 1e-8
-_CONSTANT_ULPS = 1e3
+_CONSTANT_ULPS = 256
 
 
 def _arviz() -> ModuleType:
@@ -76,7 +89,49 @@ def _logsumexp(a: np.ndarray, keepdims: bool = False) -> np.ndarray:
     return torch.logsumexp(torch.from_numpy(a), dim=-1, keepdim=keepdims).numpy()
 
 
-def psis_diagnostics(log_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+def _source_eps(lw: np.ndarray, dtype: torch.dtype, eps: float | None) -> np.ndarray:
+    """Per row, the round-off unit of the precision the log-weights were computed in."""
+    if eps is not None:
+        return np.full(lw.shape[0], float(eps))
+    own = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    out = np.full(lw.shape[0], own)
+    if dtype == torch.float64:
+        # float32 weights widened to float64 (log_likelihood keeps float64 log-weights)
+        # keep float32's round-off: every finite value is then a float32 number, which a
+        # row computed in float64 is not (each value has 29 more significant bits).
+        with np.errstate(over="ignore"):
+            narrow = (lw.astype(np.float32).astype(np.float64) == lw) | ~np.isfinite(lw)
+        out[narrow.all(1)] = np.finfo(np.float32).eps
+    return out
+
+
+def _equal_up_to_roundoff(lw: np.ndarray, finite: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """Per row: are the finite log-weights equal up to round-off (see ``_CONSTANT_ULPS``)?"""
+    hi = np.where(finite, lw, -np.inf).max(1)
+    lo = np.where(finite, lw, np.inf).min(1)
+    with np.errstate(invalid="ignore"):
+        scale = np.maximum(1.0, np.maximum(np.abs(hi), np.abs(lo)))
+        tol = np.maximum(_CONSTANT_SPREAD, _CONSTANT_ULPS * eps * scale)
+        return (hi - lo) <= tol
+
+
+def _psis(lw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Smoothed log-weights, k-hat and ESS of rows of finite log-weights."""
+    # normalize=False keeps the weights' level, so their logsumexp is the estimate.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        smoothed, khat = _arviz().psislw(lw, reff=1.0, normalize=False)
+    smoothed = np.asarray(smoothed)
+    return smoothed, np.asarray(khat), _ess(smoothed)
+
+
+def _ess(lw: np.ndarray) -> np.ndarray:
+    """1 / Σ_k w̃_k² of the normalised weights: zero weights do not count."""
+    return 1.0 / np.square(np.exp(lw - _logsumexp(lw, keepdims=True))).sum(-1)
+
+
+def psis_diagnostics(
+    log_weights: torch.Tensor, *, eps: float | None = None
+) -> dict[str, torch.Tensor]:
     """Per-datapoint PSIS diagnostics of importance log-weights.
 
     Parameters
@@ -84,49 +139,64 @@ def psis_diagnostics(log_weights: torch.Tensor) -> dict[str, torch.Tensor]:
     log_weights
         log p(x_i, z_ik) − log q(z_ik | x_i), shape ``(B, K)``: particles on the last axis,
         which is the axis ``arviz.psislw`` smooths along.
+    eps
+        Round-off unit (machine epsilon) of the precision the log-weights were computed
+        in, which decides when they are equal up to round-off. By default that of their
+        dtype, and float32's for float64 rows whose values are all float32 numbers
+        (float32 weights widened to float64).
 
     Returns
     -------
     dict of tensors of shape ``(B,)`` (float64, on the input's device)
-        ``khat``: Pareto shape of the weights' tail (−inf for constant weights; inf when
-        K ≤ 20 is too small to fit the tail, or when a row holds NaN, +inf or no finite
-        weight, in which case ``ess`` is 0). ``ess``: effective sample size 1 / Σ_k w̃_k² of
-        the normalised *Pareto-smoothed* weights w̃, in [1, K] (the ``n_eff`` of the loo
-        package). ``psis_log_likelihood``: the PSIS estimate logsumexp_k(log w̃_k) − log K
-        with the unnormalised smoothed weights, an alternative to the plain estimate with
-        less variance and some bias when k-hat is large. ``reliable``: k-hat ≤
-        :func:`khat_threshold` (K).
+        ``khat``: Pareto shape of the weights' tail (−inf for weights equal up to
+        round-off; inf when K ≤ 20 is too small to fit the tail, or when a row holds NaN,
+        +inf or no finite weight, in which case ``ess`` is 0). ``ess``: effective sample
+        size 1 / Σ_k w̃_k² of the normalised *Pareto-smoothed* weights w̃, in [1, K] (the
+        ``n_eff`` of the loo package). ``psis_log_likelihood``: the PSIS estimate
+        logsumexp_k(log w̃_k) − log K with the unnormalised smoothed weights, an
+        alternative to the plain estimate with less variance and some bias when k-hat is
+        large. ``reliable``: k-hat ≤ :func:`khat_threshold` (K).
+
+        Zero weights (−inf) count in K but carry no mass. Only the M finite ones are
+        smoothed and fitted: k-hat is PSIS's on those (−inf when they are equal, as when
+        the weights take two values, 0 and c; inf when M ≤ 20), the ESS is at most M,
+        and ``reliable`` uses :func:`khat_threshold` (M), the draws the fit had.
     """
     if log_weights.dim() != 2:
         raise ValueError(f"log_weights must have shape (B, K), got {tuple(log_weights.shape)}")
-    eps = torch.finfo(log_weights.dtype).eps if log_weights.is_floating_point() else 0.0
     lw = as_numpy(log_weights).astype(np.float64)
     b, k = lw.shape
     if k < 2:
         raise ValueError(f"PSIS needs at least 2 particles per datapoint, got {k}")
-    khat = np.full(b, np.inf)
-    ess = np.zeros(b)
+    finite = np.isfinite(lw)
+    mass = finite.sum(1)
+    khat, ess = np.full(b, np.inf), np.zeros(b)
     psis_ll = _logsumexp(lw) - math.log(k)
-    invalid = np.isnan(lw).any(1) | np.isposinf(lw).any(1) | ~np.isfinite(lw).any(1)
-    with np.errstate(invalid="ignore"):
-        scale = np.maximum(1.0, np.abs(lw).max(1))
-        tol = np.maximum(_CONSTANT_SPREAD, _CONSTANT_ULPS * eps * scale)
-        constant = ~invalid & (np.ptp(lw, axis=1) <= tol)
-    khat[constant], ess[constant] = -np.inf, k
-    fit = ~invalid & ~constant
+    valid = ~(np.isnan(lw).any(1) | np.isposinf(lw).any(1) | (mass == 0))
+    equal = valid & _equal_up_to_roundoff(lw, finite, _source_eps(lw, log_weights.dtype, eps))
+    zeros = valid & (mass < k)
+    # Equal weights have no tail; beside zero weights only if enough carry the mass.
+    flat = equal & (~zeros | (mass > MAX_UNFITTABLE_SAMPLES))
+    khat[flat], ess[flat] = -np.inf, mass[flat]
+    fit = valid & ~flat & ~zeros
     if fit.any():
-        # normalize=False keeps the weights' level, so their logsumexp is the estimate.
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            smoothed, kss = _arviz().psislw(lw[fit], reff=1.0, normalize=False)
-        smoothed = np.asarray(smoothed)
-        khat[fit] = kss
+        smoothed, khat[fit], ess[fit] = _psis(lw[fit])
         psis_ll[fit] = _logsumexp(smoothed) - math.log(k)
-        norm = np.exp(smoothed - _logsumexp(smoothed, keepdims=True))
-        ess[fit] = 1.0 / np.square(norm).sum(1)
+    for i in np.flatnonzero(zeros & ~flat):
+        if mass[i] <= MAX_UNFITTABLE_SAMPLES:
+            ess[i] = _ess(lw[i])  # khat stays inf: too few draws carry mass to judge
+            continue
+        row = lw[i].copy()
+        smoothed, kss, _ = _psis(row[finite[i]][None])
+        row[finite[i]] = smoothed[0]
+        khat[i], ess[i] = kss[0], _ess(row)
+        psis_ll[i] = _logsumexp(row) - math.log(k)
+    fitted_on, which = np.unique(np.maximum(mass, 2), return_inverse=True)
+    thresholds = np.array([khat_threshold(int(m)) for m in fitted_on])[which]
     out = {"khat": khat, "ess": ess, "psis_log_likelihood": psis_ll}
     dev = log_weights.device
     result = {n: torch.as_tensor(v, dtype=torch.float64, device=dev) for n, v in out.items()}
-    result["reliable"] = result["khat"] <= khat_threshold(k)
+    result["reliable"] = torch.as_tensor(khat <= thresholds, device=dev)
     return result
 
 

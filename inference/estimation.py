@@ -47,7 +47,8 @@ class Estimation:
         self.diagnostics, self.keep_log_weights = diagnostics, keep_log_weights
         self.progress, self.global_sites = progress, global_sites
         self.opts = {"data_plate": data_plate, "max_plate_nesting": max_plate_nesting}
-        first = (x[:1],) if y is None else (x[:1], y[:1])
+        # The whole of x, not a slice: a guide may hold per-datapoint parameters.
+        first = (x,) if y is None else (x, y)
         # Datapoints that share each particle's θ_k have correlated errors: the s.e. of
         # the mean then needs the log-weights, batch by batch.
         self.shared = bool(global_latent_sites(guide, first, {}, **self.opts))

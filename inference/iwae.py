@@ -13,10 +13,15 @@ global sites L_K = Σ_n IWAE_K(x_n), which increases with K towards Σ_n log p(x
 L_1 is the ELBO; with global sites L_K tends, as K grows, to the first bound above (an
 ELBO in θ alone). The log-sum-exp runs over the particles of each datapoint separately
 and the scale s multiplies its result. Pyro's ``RenyiELBO(alpha=0)`` differs in two
-cases: when any site lies outside the data plate it sums the weights over the batch
-before its log-sum-exp (one pooled importance sample per particle, a looser bound), and
-under a subsampling plate it applies s inside the log-sum-exp, which is no longer an
-estimate of the full-data bound.
+cases. When any site lies outside the data plate it sums each particle's log-weights
+over the batch before its log-sum-exp: the IWAE bound of the batch's joint, with K
+joint draws of (θ, z_1, ..., z_B). Neither bound is uniformly tighter. The pooled one
+tends to log p(x_1, ..., x_B) as K grows, beyond the ELBO in θ that L_K reaches, so it
+is tighter when q(θ) is what the guide gets wrong; but each of its weights multiplies B
+datapoints' local weights, so when the local guide errs its variance grows with B and
+it stays near the ELBO for any practical K, where L_K is tighter. Under a subsampling
+plate it applies s inside the log-sum-exp, which is no longer an estimate of the
+full-data bound.
 
 References
 ----------

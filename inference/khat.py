@@ -16,7 +16,8 @@ label         k-hat                               meaning
 
 A datapoint counts as *reliable* when it is ``good``. The ``ok`` band is empty for
 S ≥ 2154, where the threshold reaches 0.7. Constant weights (k-hat = −inf) are ``good``;
-with S ≤ 20 the tail cannot be fitted (k-hat = inf), which counts as ``very bad``.
+with S ≤ 20 the tail cannot be fitted (k-hat = inf), which counts as ``very bad``, and
+:func:`khat_summary` gives no verdict on the proposal (the threshold is ≤ 0 for S ≤ 10).
 This module has no ArviZ dependency, so it can serve comparison tables and plots.
 
 References
@@ -35,9 +36,19 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["KHAT_LABELS", "khat_threshold", "khat_labels", "khat_values", "khat_summary"]
+__all__ = [
+    "KHAT_LABELS",
+    "MAX_UNFITTABLE_SAMPLES",
+    "khat_threshold",
+    "khat_labels",
+    "khat_values",
+    "khat_summary",
+    "measured_cause",
+]
 
 KHAT_LABELS = ("good", "ok", "bad", "very bad")
+# PSIS fits no tail to this many draws or fewer (ArviZ's psislw reports k-hat = inf).
+MAX_UNFITTABLE_SAMPLES = 20
 
 
 def khat_threshold(num_samples: int) -> float:
@@ -89,8 +100,71 @@ def khat_values(res_or_khat: Any, num_samples: int | None = None) -> tuple[np.nd
     return as_numpy(res_or_khat).astype(float).reshape(-1), int(num_samples)
 
 
+def _median(values: Any) -> float:
+    v = as_numpy(values).astype(float)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else math.nan
+
+
+def measured_cause(res: Any) -> str | None:
+    """What the refined proposal measured about the guide on the datapoints it refined.
+
+    Reads ``guide_offset`` (the guide's mean from the mode, in posterior standard
+    deviations) and ``guide_scale_ratio`` (the guide's scales over the posterior's
+    conditional scales) from ``res.extras``; None when they are not there.
+    """
+    extras = getattr(res, "extras", None) or {}
+    if "guide_offset" not in extras or "guide_scale_ratio" not in extras:
+        return None
+    offset, ratio = _median(extras["guide_offset"]), _median(extras["guide_scale_ratio"])
+    if not (math.isfinite(offset) and math.isfinite(ratio)):
+        return None
+    where = f"the guide's mean sits a median {offset:.1f} posterior s.d. from the mode"
+    scales = f"its scales are {ratio:.2f}× the posterior's"
+    if ratio < 0.7:
+        return f"the guide is too narrow ({scales}; {where})"
+    if offset >= 1.0:
+        return f"{where} while {scales}: the guide is misplaced, not too narrow"
+    return f"the guide's shape differs from the posterior's ({where}; {scales})"
+
+
+def _refinement_note(res: Any) -> str | None:
+    """A clause on the refinement ``proposal="auto"`` or ``"refine"`` did, if any."""
+    guide = getattr(res, "guide_only", None)
+    num = getattr(res, "num_refined", 0)
+    if guide is None or not num or getattr(guide, "khat", None) is None:
+        return None
+    khat, s = khat_values(guide)
+    rejected = float(np.mean(~(khat <= khat_threshold(s))))
+    cause = measured_cause(res)
+    return (
+        f"the guide alone was rejected for {100 * rejected:.0f}% of datapoints"
+        + (f" ({cause})" if cause else "")
+        + f", and {num} of {len(khat)} were re-estimated with a refined proposal"
+    )
+
+
+def _remedy(res: Any) -> str:
+    """The remedy that works, given what the result already tried."""
+    if getattr(res, "num_refined", 0):
+        return (
+            "for the datapoints still rejected, use AIS (ppvae.ais_log_likelihood) or "
+            "more refinement steps (RefineSettings)"
+        )
+    return (
+        "re-estimate with proposal='auto' or 'refine' (a refined proposal per datapoint); "
+        "to improve the guide itself, train with an importance-weighted objective or use "
+        "a richer guide"
+    )
+
+
 def khat_summary(
-    res: Any, num_samples: int | None = None, *, worst: int = 5, tolerance: float = 0.05
+    res: Any,
+    num_samples: int | None = None,
+    *,
+    worst: int = 5,
+    tolerance: float = 0.05,
+    cause: str | None = None,
 ) -> dict[str, Any]:
     """Summarise per-datapoint k-hat in numbers and in words.
 
@@ -104,34 +178,46 @@ def khat_summary(
     tolerance
         The verdict is ``reliable`` when at most this share of datapoints exceeds the
         threshold.
+    cause
+        A cause of the high k-hat to name in an ``unreliable`` verdict; by default the
+        one the refined proposal measured (:func:`measured_cause`), if any.
 
     Returns
     -------
     dict
         ``num_datapoints``, ``num_samples``, ``threshold``, ``share_above_threshold``,
         ``share_above_0.7``, ``counts`` (per label), ``worst_indices``, ``worst_khat``,
-        ``reliable`` (bool) and ``verdict`` (a sentence).
+        ``reliable`` (bool) and ``verdict`` (a sentence). With S ≤ 20 particles no
+        k-hat can be fitted: ``reliable`` is False and the verdict says K is too small.
     """
     khat, s = khat_values(res, num_samples)
+    cause = cause or measured_cause(res)
     thr = khat_threshold(s)
     labels = khat_labels(khat, s)
     n = khat.size
     above = float(np.mean(labels != "good")) if n else 0.0
     order = np.argsort(np.nan_to_num(-khat, nan=-np.inf), kind="stable")[:worst]
-    reliable = above <= tolerance
-    if reliable:
+    reliable = above <= tolerance and s > MAX_UNFITTABLE_SAMPLES
+    refined = _refinement_note(res) if s > MAX_UNFITTABLE_SAMPLES else None
+    if s <= MAX_UNFITTABLE_SAMPLES:
+        verdict = (
+            f"not assessed: K = {s} particles are too few for a k-hat verdict (Pareto "
+            f"smoothing needs more than {MAX_UNFITTABLE_SAMPLES} to fit the weights' tail); "
+            "use K ≥ 100"
+        )
+    elif reliable:
         verdict = f"reliable: {100 * (1 - above):.0f}% of datapoints have k-hat ≤ {thr:.2f}"
     else:
+        more_k = np.sum(labels == "ok") >= np.sum(np.isin(labels, KHAT_LABELS[2:]))
         verdict = (
-            f"unreliable: {100 * above:.0f}% of datapoints have k-hat > {thr:.2f} — the guide "
-            "is too narrow for these points; "
-            + (
-                "increase K (the threshold rises with K), "
-                if np.sum(labels == "ok") >= np.sum(np.isin(labels, KHAT_LABELS[2:]))
-                else "increasing K will not be enough: "
-            )
-            + "train with an importance-weighted objective, or use a richer guide"
+            f"unreliable: {100 * above:.0f}% of datapoints have k-hat > {thr:.2f}"
+            + (f" — {cause}" if cause and not refined else "")
+            + "; "
+            + ("increase K (the threshold rises with K), or " if more_k else "")
+            + _remedy(res)
         )
+    if refined:
+        verdict += "; " + refined
     return {
         "num_datapoints": n,
         "num_samples": s,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -86,3 +87,32 @@ def test_compare_refuses_results_on_different_data():
     unknown = compare({"true": _estimate(true, x, seed=0, diagnostics=None)})
     assert unknown["khat_above_threshold"].isna().all()
     assert compare({"true": a})["khat_above_threshold"].between(0, 1).all()
+
+
+def test_a_missing_monte_carlo_error_propagates_as_nan():
+    # A datapoint whose k-hat rejects its estimate has no MC s.e. (NaN): the MC errors of
+    # the mean and of the difference it enters are then unknown, not smaller.
+    true, wrong, x = _models(n=30)
+    a = _estimate(true, x, seed=5, return_log_weights=True)
+    b = _estimate(wrong, x, seed=5, return_log_weights=True)
+    se = b.mc_stderr_per_datapoint.clone()
+    se[3] = math.nan
+    b_nan = dataclasses.replace(b, mc_stderr_per_datapoint=se)
+    for b_other in (b_nan, dataclasses.replace(b_nan, seed=6)):  # paired and unpaired
+        table = compare({"true": a, "wrong": b_other})
+        assert math.isnan(table.loc["wrong", "mc_stderr"])
+        assert math.isnan(table.loc["wrong", "diff_mc_stderr"])
+        assert table.loc["true", "mc_stderr"] == pytest.approx(a.mc_stderr)
+        assert table.loc["true", "diff_mc_stderr"] == 0
+        # The data-level paired s.e. needs no MC error and stays finite.
+        assert math.isfinite(table.loc["wrong", "diff_stderr"])
+    assert compare({"true": a, "wrong": b_nan}).loc["wrong", "paired_particles"]
+    # The best model's missing s.e. reaches every difference.
+    se_a = a.mc_stderr_per_datapoint.clone()
+    se_a[0] = math.nan
+    a_nan = dataclasses.replace(a, mc_stderr_per_datapoint=se_a)
+    for b_other in (b, dataclasses.replace(b, seed=6)):
+        table = compare({"true": a_nan, "wrong": b_other})
+        assert list(table.index) == ["true", "wrong"]
+        assert math.isnan(table.loc["true", "mc_stderr"])
+        assert math.isnan(table.loc["wrong", "diff_mc_stderr"])

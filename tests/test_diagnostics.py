@@ -64,8 +64,15 @@ def test_threshold_and_labels_follow_vehtari_et_al_2024():
 def test_khat_tracks_the_proposal_width(scale_factor, expect_reliable):
     model, x = _ppca()
     guide = PosteriorGuide(model, scale_factor=scale_factor)
+    # The guide's own weights: "auto" would re-estimate the rejected points.
     res = log_likelihood(
-        model.model, guide.guide, x, num_samples=2000, seed=1, diagnostics=psis_diagnostics
+        model.model,
+        guide.guide,
+        x,
+        num_samples=2000,
+        seed=1,
+        diagnostics=psis_diagnostics,
+        proposal="guide",
     )
     khat = res.khat.numpy()
     assert khat.shape == (20,) and res.ess.shape == (20,) and res.reliable.dtype == torch.bool
@@ -95,6 +102,60 @@ def test_exact_posterior_in_float32_counts_as_constant_weights():
     assert torch.all(d["khat"] == -math.inf) and bool(d["reliable"].all())
 
 
+def test_exact_float32_posterior_stays_constant_after_widening_to_float64():
+    # log_likelihood keeps float64 log-weights; weights computed in float32 and widened
+    # keep float32 round-off, which float64's tolerance would send to a tail fit.
+    model, x = _ppca(n=200, data_dim=2, latent_dim=1, seed=3)
+    model, x = model.float(), x.float()
+    guide = PosteriorGuide(model).guide
+    kw = {"num_samples": 1000, "seed": 0, "proposal": "guide"}
+    res = log_likelihood(model.model, guide, x, return_log_weights=True, diagnostics=None, **kw)
+    assert res.log_weights.dtype == torch.float64
+    added = add_diagnostics(res)
+    assert torch.all(added.khat == -math.inf) and bool(added.reliable.all())
+    assert torch.all(added.ess == 1000)
+    # The caller can also name the precision the weights were computed in.
+    eps32 = torch.finfo(torch.float32).eps
+    told = psis_diagnostics(res.log_weights, eps=eps32)
+    assert torch.all(told["khat"] == -math.inf)
+    # log_likelihood's own diagnostics see the weights in the model's float32.
+    direct = log_likelihood(model.model, guide, x, **kw)
+    assert torch.all(direct.khat == -math.inf) and bool(direct.reliable.all())
+    # float64 weights keep float64's tolerance: a 1e-6 spread is not round-off there.
+    torch.manual_seed(0)
+    lw64 = -7.0 + 1e-6 * torch.randn(3, 1000, dtype=torch.float64)
+    assert torch.all(psis_diagnostics(lw64)["khat"] > -math.inf)
+    assert torch.all(psis_diagnostics(lw64, eps=eps32)["khat"] == -math.inf)
+
+
+def test_zero_weights_count_as_draws_without_mass():
+    k = 200
+    torch.manual_seed(0)
+    lw = torch.randn(4, k, dtype=torch.float64)
+    lw[0, 3:] = -math.inf  # 197 of 200 weights zero, the other three equal
+    lw[0, :3] = 0.0
+    lw[1, 3:] = -math.inf  # 197 zeros, three unequal weights
+    lw[2, :50] = -math.inf  # a quarter of the weights zero, the rest log-normal
+    lw[3, :50] = -math.inf  # a quarter zero, the rest equal: bounded weights
+    lw[3, 50:] = -2.0
+    d = psis_diagnostics(lw)
+    # Three draws carry all the mass: ESS 3 (not K), and no tail fit is possible.
+    assert d["ess"][0] == pytest.approx(3.0) and d["ess"][1] <= 3.0
+    assert d["khat"][0] == math.inf and d["khat"][1] == math.inf
+    assert not bool(d["reliable"][:2].any())
+    # With enough mass-carrying draws, PSIS runs on those, and the zeros still count in K.
+    finite = lw[2, 50:].numpy()
+    smoothed, k_ref = az.psislw(finite[None], reff=1.0, normalize=False)
+    assert float(d["khat"][2]) == pytest.approx(float(k_ref[0]))
+    lse = torch.logsumexp(torch.as_tensor(smoothed[0]), -1) - math.log(k)
+    assert float(d["psis_log_likelihood"][2]) == pytest.approx(float(lse))
+    assert 1 <= float(d["ess"][2]) <= 150
+    # Equal weights beside zeros: bounded, so no tail, but only 150 effective draws.
+    assert d["khat"][3] == -math.inf and d["ess"][3] == pytest.approx(150.0)
+    assert float(d["psis_log_likelihood"][3]) == pytest.approx(-2.0 + math.log(150 / 200))
+    assert bool(d["reliable"][2:].all())
+
+
 def test_psis_diagnostics_agrees_with_arviz_and_bounds_ess():
     torch.manual_seed(0)
     # Log-normal weights with growing log-scale: tails from light to heavy.
@@ -122,7 +183,7 @@ def test_psis_diagnostics_agrees_with_arviz_and_bounds_ess():
 def test_add_diagnostics_matches_the_callable_and_needs_weights():
     model, x = _ppca(n=8)
     guide = PosteriorGuide(model, scale_factor=0.5).guide
-    kw = {"num_samples": 400, "seed": 3}
+    kw = {"num_samples": 400, "seed": 3, "proposal": "guide"}
     with_cb = log_likelihood(model.model, guide, x, diagnostics=psis_diagnostics, **kw)
     plain = log_likelihood(model.model, guide, x, return_log_weights=True, diagnostics=None, **kw)
     added = add_diagnostics(plain)
@@ -147,6 +208,28 @@ def test_khat_summary_counts_and_worst_points():
     assert ok["reliable"] and ok["verdict"] == "reliable: 99% of datapoints have k-hat ≤ 0.70"
     values, s_ = khat_values(khat, 100)
     assert s_ == 100 and values.shape == (6,)
+
+
+@pytest.mark.parametrize("num_samples", [2, 10, 20])
+def test_khat_summary_with_too_few_particles_says_so(num_samples):
+    # PSIS cannot fit a tail on K ≤ 20 (k-hat inf), and min(1 − 1/log10 K, 0.7) ≤ 0.23
+    # there: a "k-hat > 0.00" verdict blaming the guide would be meaningless.
+    lw = torch.randn(4, num_samples, dtype=torch.float64)
+    s = khat_summary(psis_diagnostics(lw)["khat"], num_samples)
+    assert not s["reliable"] and s["verdict"].startswith("not assessed")
+    assert f"K = {num_samples}" in s["verdict"] and "K ≥ 100" in s["verdict"]
+    assert "k-hat >" not in s["verdict"] and "narrow" not in s["verdict"]
+    assert s["counts"]["very bad"] == 4
+
+
+def test_khat_summary_names_a_measured_cause():
+    khat = np.array([0.9, 0.95, 0.2])
+    s = khat_summary(khat, 1000, cause="the guide's mean sits 3.6 posterior sd from the mode")
+    assert s["verdict"].startswith("unreliable: 67% of datapoints have k-hat > 0.67 — the guide's")
+    assert "narrow" not in s["verdict"]
+    # Without a measured cause the verdict claims none, and names the remedy that works.
+    plain = khat_summary(khat, 1000)["verdict"]
+    assert "narrow" not in plain and "proposal='auto'" in plain
 
 
 def test_guide_particles_score_the_model_in_closed_form():
@@ -206,9 +289,7 @@ def test_arviz_plots_accept_the_exports():
 
     model, x = _ppca(n=3, latent_dim=2)
     guide = PosteriorGuide(model, scale_factor=0.7).guide
-    res = log_likelihood(
-        model.model, guide, x, num_samples=500, seed=0, diagnostics=psis_diagnostics
-    )
+    res = log_likelihood(model.model, guide, x, num_samples=500, seed=0, proposal="guide")
     packed = khat_elpd_data(res)
     np.testing.assert_allclose(packed.pareto_k.values, res.khat.numpy())
     assert packed.good_k == pytest.approx(khat_threshold(500))
@@ -221,8 +302,9 @@ def test_arviz_plots_accept_the_exports():
 
 def test_to_inference_data_from_a_bare_result():
     model, x = _ppca(n=5)
+    guide = PosteriorGuide(model, 0.8).guide
     res = log_likelihood(
-        model.model, PosteriorGuide(model, 0.8).guide, x, num_samples=64, return_log_weights=True
+        model.model, guide, x, num_samples=64, return_log_weights=True, proposal="guide"
     )
     idata = to_inference_data(res, observed=x, labels=torch.arange(5))
     assert set(idata.groups()) == {"sample_stats", "observed_data", "constant_data"}

@@ -171,7 +171,7 @@ def test_result_statistics_summary_and_dict():
     assert res.elbo == pytest.approx(float(res.elbo_per_datapoint.mean()))
     assert res.gap == pytest.approx(res.mean - res.elbo) and res.gap > 0
     assert res.log_weights is None and res.khat is None and res.ess is None
-    default = log_likelihood(model.model, guide.guide, x, num_samples=30, seed=1)
+    default = log_likelihood(model.model, guide.guide, x, num_samples=30, proposal="guide", seed=1)
     assert torch.equal(default.per_datapoint, res.per_datapoint)
     assert default.khat.shape == (6,) and default.reliable.dtype == torch.bool
     assert "reliable" in default.summary()

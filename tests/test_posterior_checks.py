@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
-from ppvae.inference.amortization import amortization_gap
+from ppvae.inference.amortization import amortization_gap, local_guide
+from ppvae.inference.importance import log_likelihood
 from ppvae.inference.posterior_checks import gaussian_w2, nuts_check
 from ppvae.models.linear_gaussian import LinearGaussianModel, LinearGuide, PosteriorGuide
 from ppvae.models.vae import VAE
@@ -73,9 +74,9 @@ def test_amortization_gap_reaches_the_best_diagonal_gaussian():
     model, x = _ppca(n=8, data_dim=6, latent_dim=3)
     torch.manual_seed(1)
     amortized = LinearGuide(6, 3)  # untrained: far from the posterior
-    gap = amortization_gap(
-        model.model, amortized, x, steps=300, num_particles=32, num_samples=2000, seed=0
-    )
+    opts = {"steps": 300, "num_particles": 32, "num_samples": 2000, "seed": 0}
+    gap = amortization_gap(model.model, amortized, x, family="diagonal", **opts)
+    assert gap.family == "diagonal" and gap.scale_tril is None
     post = model.posterior(x)
     with torch.no_grad():
         best_scale = torch.linalg.inv(post.covariance_matrix).diagonal(dim1=-2, dim2=-1).rsqrt()
@@ -88,7 +89,10 @@ def test_amortization_gap_reaches_the_best_diagonal_gaussian():
     t = gap.table
     col = lambda name: torch.tensor(t[name].to_numpy(copy=True))  # noqa: E731
     # Each estimate against its closed form, within Monte Carlo error (+ optimiser slack).
-    assert (abs(col("log_likelihood") - log_p) < 4 * col("log_likelihood_mc_stderr")).all()
+    se = col("log_likelihood_mc_stderr")
+    ok = se.isfinite()  # NaN where k-hat rejects the estimate
+    assert ok.float().mean() >= 0.75
+    assert (abs(col("log_likelihood") - log_p) < 4 * se)[ok].all()
     slack = 4 * col("elbo_optimized_mc_stderr") + 0.02
     assert (abs(col("elbo_optimized") - elbo_best) < slack).all()
     se_a = col("elbo_amortized_mc_stderr")
@@ -103,6 +107,39 @@ def test_amortization_gap_reaches_the_best_diagonal_gaussian():
     # The approximation gap is KL(best diagonal ‖ posterior): here, posterior correlations.
     kl_best = (log_p - elbo_best).mean()
     assert gap.means()["approximation_gap"] == pytest.approx(float(kl_best), abs=0.03)
+
+
+def test_amortization_gap_of_an_exact_full_rank_guide_is_zero():
+    # The exact posterior is a full-rank Gaussian: q* must be sought in a family that
+    # contains it, or the "best" per-datapoint guide is worse than the amortised one.
+    model, x = _ppca(n=8, data_dim=6, latent_dim=3)
+    exact = PosteriorGuide(model)
+    opts = {"steps": 300, "num_particles": 32, "num_samples": 2000, "seed": 0}
+    gap = amortization_gap(model.model, exact.guide, x, **opts)
+    t = gap.table
+    tol = 4 * t["elbo_optimized_mc_stderr"] + 0.01
+    assert (t["amortization_gap"] > -tol).all()
+    assert (t["approximation_gap"].abs() < tol).all()
+    assert gap.family == "fullrank"
+    post = model.posterior(x)
+    with torch.no_grad():
+        torch.testing.assert_close(gap.loc, post.loc, atol=0.05, rtol=0)
+        torch.testing.assert_close(gap.scale_tril, post.scale_tril, atol=0.05, rtol=0)
+        marginal = post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
+        torch.testing.assert_close(gap.scale, marginal, atol=0.05, rtol=0)
+    # The fitted guide serves any batch of its datapoints (rows matched by value).
+    fitted = local_guide(gap.loc, scale_tril=gap.scale_tril, data=x)
+    res = log_likelihood(model.model, fitted, x, num_samples=200, batch_size=3, proposal="guide")
+    exact_lp = model.exact_log_likelihood(x).detach()
+    assert (abs(res.per_datapoint - exact_lp) < 5 * res.mc_stderr_per_datapoint).all()
+    with pytest.raises(ValueError, match="not fitted to"):
+        log_likelihood(model.model, fitted, x + 1.0, num_samples=10, proposal="guide")
+    # The diagonal family, asked for explicitly, cannot reach the correlated posterior.
+    diagonal = amortization_gap(model.model, exact.guide, x, family="diagonal", **opts)
+    assert diagonal.family == "diagonal" and diagonal.scale_tril is None
+    assert diagonal.means()["amortization_gap"] < -0.05
+    with pytest.raises(ValueError, match="family"):
+        amortization_gap(model.model, exact.guide, x, family="lowrank", **opts)
 
 
 def test_amortization_gap_on_a_vae_starts_from_the_encoder():

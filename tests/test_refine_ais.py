@@ -8,7 +8,7 @@ import pytest
 import torch
 from pyro.nn import PyroModule
 
-from ppvae import log_likelihood
+from ppvae import khat_summary, log_likelihood
 from ppvae.inference.ais import AISSettings, ais_log_weights, sigmoid_schedule
 from ppvae.inference.bdmc import bdmc, simulate
 from ppvae.inference.local_target import LocalTarget
@@ -280,3 +280,19 @@ def test_global_latents_each_estimand_against_its_exact_value():
     assert (held.elbo_per_datapoint - elbo).abs().max() < 0.05
     with pytest.raises(ValueError, match="theta"):
         log_likelihood(g.model, g.guide, x, global_sites="error")
+
+
+def test_verdict_names_the_measured_cause_and_the_remedy():
+    model, x = _ppca(n=60, seed=2)
+    shifted = ShiftedGuide(model, 3.0).guide
+    res = log_likelihood(model.model, shifted, x, num_samples=1000, seed=0)
+    verdict = khat_summary(res)["verdict"]
+    assert verdict.startswith("reliable")
+    assert "misplaced, not too narrow" in verdict and "re-estimated" in verdict
+    assert 2.5 < float(res.extras["guide_offset"].median()) < 3.5  # the 3 s.d. shift
+    plain = khat_summary(res.guide_only)["verdict"]
+    assert plain.startswith("unreliable") and "proposal='auto'" in plain
+    narrow = PosteriorGuide(model, scale_factor=0.3).guide
+    res = log_likelihood(model.model, narrow, x, num_samples=1000, seed=0)
+    assert "too narrow" in khat_summary(res)["verdict"]
+    assert float(res.extras["guide_scale_ratio"].median()) == pytest.approx(0.3, abs=0.05)
