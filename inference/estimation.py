@@ -102,6 +102,8 @@ class Estimation:
             idx, values = rec.merged()
             source[idx] = code
             for key, value in values.items():
+                if key == "elbo" and code > 0 and "guide" in passes:
+                    continue  # the ELBO is the guide's bound, whoever estimated log p(x)
                 if key not in fields:
                     fill = False if value.dtype == torch.bool else float("nan")
                     fields[key] = torch.full((n, *value.shape[1:]), fill, dtype=value.dtype)

@@ -39,7 +39,9 @@ class LogLikelihoodResult:
     mc_stderr_per_datapoint
         Monte Carlo standard error of each log p̂(x_n) (delta method; NaN when K = 1).
     elbo_per_datapoint
-        The ELBO estimate mean_k log w_nk from the same draws.
+        The ELBO estimate mean_k log w_nk of the guide's draws (the bound the model is
+        trained on; with a proposal callable or AIS alone, the mean log-weight of its
+        draws, a stochastic lower bound).
     num_samples
         K, the number of particles per datapoint.
     log_weights

@@ -1,4 +1,4 @@
-"""The ppvae command end to end: train, evaluate, sample, report, compare, score, resume.
+"""The ppvae command end to end: train, evaluate, bdmc, sample, report, compare, score, resume.
 
 The main path runs the real command in subprocesses (``python -m ppvae.app.cli``); the many
 user-error cases call :func:`ppvae.app.cli.main` in-process, which is the same code without
@@ -8,6 +8,7 @@ the interpreter start-up (an uncaught exception would surface there as a test er
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import os
@@ -101,13 +102,54 @@ def test_train_writes_a_complete_run_directory(run_a):
     assert not list(run_a.glob(".*"))  # no temporary files left behind
 
 
+def assert_honest_stderr(metrics: dict, record: dict) -> None:
+    """A Monte Carlo s.e. is given exactly where k-hat supports it, and words elsewhere."""
+    rejected = ~(record["khat"] <= metrics["khat_threshold"])
+    se = record["mc_stderr_per_datapoint"]
+    assert torch.equal(se.isnan(), rejected)
+    assert metrics["num_without_stderr"] == int(rejected.sum())
+    assert (metrics["mc_stderr"] is None) == bool(rejected.any())
+    if metrics["mc_stderr"] is None:
+        assert metrics["mc_stderr_text"].startswith("not available: k-hat rejects")
+        assert f"{int(rejected.sum())} of {metrics['num_datapoints']}" in metrics["mc_stderr_text"]
+    else:
+        assert metrics["mc_stderr"] > 0
+        assert metrics["mc_stderr"] == pytest.approx(se.square().sum().sqrt() / len(se))
+    approx = record["mc_stderr_approximate"]
+    assert not bool((approx & rejected).any()) and bool((record["khat"][approx] > 0.5).all())
+    assert metrics["num_stderr_approximate"] == int(approx.sum())
+
+
+def assert_estimator_recorded(metrics: dict, record: dict) -> None:
+    """metrics.json names the estimator and counts the proposals as the record stores them."""
+    n = metrics["num_datapoints"]
+    proposals = record["proposal_per_datapoint"]
+    assert len(proposals) == n and set(proposals) <= {"guide", "refine"}
+    counts = metrics["proposal_counts"]
+    assert counts == {p: proposals.count(p) for p in sorted(set(proposals))}
+    assert metrics["num_refined"] == n - counts.get("guide", 0)
+    assert metrics["estimator"].startswith(f"importance sampling with K = {metrics['num_samples']}")
+    guide = metrics.get("guide_only")
+    assert (guide is not None) == (metrics["num_refined"] > 0)
+    if guide is not None:
+        diff = record["per_datapoint"] - record["guide_only_per_datapoint"]
+        assert guide["difference"] == pytest.approx(diff.mean().item())
+        assert guide["difference_stderr"] == pytest.approx((diff.std() / math.sqrt(n)).item())
+        assert guide["log_likelihood"] == pytest.approx(record["guide_only_per_datapoint"].mean())
+        good = record["guide_only_khat"] <= metrics["khat_threshold"]
+        assert guide["num_reliable"] == int(good.sum())
+        # Only refined datapoints differ from the guide's estimate.
+        same = torch.tensor([p == "guide" for p in proposals])
+        assert torch.equal(record["per_datapoint"][same], record["guide_only_per_datapoint"][same])
+
+
 def test_evaluate_writes_sane_metrics(run_a):
     metrics = json.loads((run_a / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
     assert metrics["split"] == "test" and metrics["num_samples"] == 50
-    assert metrics["num_datapoints"] > 300
+    assert metrics["num_datapoints"] > 300 and metrics["proposal"] == "auto"
     assert math.isfinite(metrics["log_likelihood"]) and metrics["log_likelihood"] < 0
-    assert metrics["stderr"] > 0 and metrics["mc_stderr"] > 0
+    assert metrics["stderr"] > 0
     assert metrics["elbo"] <= metrics["log_likelihood"] and metrics["gap"] >= 0
     assert 0 <= metrics["share_khat_above_threshold"] <= 1
     assert metrics["khat_threshold"] == pytest.approx(1 - 1 / math.log10(50))
@@ -116,6 +158,99 @@ def test_evaluate_writes_sane_metrics(run_a):
     assert record["per_datapoint"].shape == (metrics["num_datapoints"],)
     assert record["khat"].shape == record["ess"].shape == record["per_datapoint"].shape
     assert record["per_datapoint"].mean().item() == pytest.approx(metrics["log_likelihood"])
+    assert_honest_stderr(metrics, record)
+    assert_estimator_recorded(metrics, record)
+    # The guide's k-hat rejects most datapoints of this barely trained model: auto refines.
+    assert metrics["num_refined"] > 0
+
+
+def _copy(run: Path, tmp_path: Path, name: str = "copy") -> Path:
+    shutil.copytree(run, tmp_path / name)
+    return tmp_path / name
+
+
+def test_evaluate_with_each_proposal(run_a, tmp_path, capsys):
+    run = _copy(run_a, tmp_path)
+    seen = {}
+    for proposal in ("guide", "refine", "auto"):
+        args = ["evaluate", run, "--num-samples", "30", "--limit", "20", "--quiet"]
+        status, out, err = cli(capsys, *args, "--proposal", proposal)
+        assert status == 0, err
+        metrics = json.loads((run / "metrics.json").read_text())
+        record = torch.load(run / "loglik_test.pt", weights_only=True)
+        assert metrics["proposal"] == proposal and metrics["num_datapoints"] == 20
+        assert_honest_stderr(metrics, record)
+        assert_estimator_recorded(metrics, record)
+        assert f"{metrics['num_refined']} of 20 datapoints needed refinement" in out
+        assert metrics["estimator"] in out
+        if metrics["mc_stderr"] is None:
+            assert re.search(r"Monte Carlo s\.e\.\s+not available: k-hat rejects \d+ of 20", out)
+        else:
+            assert re.search(r"Monte Carlo s\.e\.\s+\d\.\d{4}", out)
+        seen[proposal] = metrics
+    assert seen["guide"]["proposal_counts"] == {"guide": 20} and "guide_only" not in seen["guide"]
+    assert seen["guide"]["estimator"].endswith("guide proposal")
+    assert seen["refine"]["proposal_counts"] == {"refine": 20}
+    assert "every one of 20" in seen["refine"]["estimator"]
+    assert "guide alone" in out or seen["auto"]["num_refined"] == 0
+    # The same seed draws the same guide particles, whatever comes after them.
+    for proposal in ("refine", "auto"):
+        guide_only = seen[proposal].get("guide_only", seen["guide"])
+        assert guide_only["log_likelihood"] == pytest.approx(seen["guide"]["log_likelihood"])
+    # The guide's ELBO is the ELBO, whichever proposal made the headline.
+    assert seen["refine"]["elbo"] == pytest.approx(seen["guide"]["elbo"])
+
+
+def test_evaluate_with_ais_then_bdmc_and_the_report_shows_both(run_a, tmp_path, capsys):
+    run = _copy(run_a, tmp_path)
+    base = ["evaluate", run, "--num-samples", "30", "--limit", "20", "--quiet"]
+    status, out, err = cli(capsys, *base, "--ais", "5", "--ais-steps", "10", "--ais-chains", "4")
+    assert status == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    record = torch.load(run / "loglik_test.pt", weights_only=True)
+    a = metrics["ais"]
+    assert (a["num_datapoints"], a["requested"], a["num_steps"], a["num_chains"]) == (5, 5, 10, 4)
+    diff = record["per_datapoint"][:5] - record["ais_per_datapoint"]
+    assert record["ais_per_datapoint"].shape == (5,)
+    assert a["difference"] == pytest.approx(diff.mean().item())
+    assert a["difference_stderr"] == pytest.approx((diff.std() / math.sqrt(5)).item())
+    assert a["importance_sampling"] == pytest.approx(record["per_datapoint"][:5].mean().item())
+    assert a["ais"] == pytest.approx(record["ais_per_datapoint"].mean().item())
+    assert a["agree"] == (abs(a["difference"]) <= 2 * a["difference_stderr"])
+    assert ("agree within 2 standard errors" in a["sentence"]) == a["agree"]
+    assert a["sentence"] in out and "IS − AIS" in out
+    # More datapoints than the evaluation holds: AIS runs on all of them, and says so.
+    status, out, err = cli(capsys, *base, "--ais", "50", "--ais-steps", "5", "--ais-chains", "2")
+    assert status == 0, err
+    a = json.loads((run / "metrics.json").read_text())["ais"]
+    assert (a["num_datapoints"], a["requested"]) == (20, 50)
+    assert "--ais 50 asked for more than the split holds" in out
+
+    status, out, err = cli(
+        capsys, "bdmc", run, "--num-datapoints", "3", "--steps", "10", "--chains", "4"
+    )
+    assert status == 0, err
+    b = json.loads((run / "bdmc.json").read_text())
+    assert (b["num_datapoints"], b["num_steps"], b["num_chains"]) == (3, 10, 4)
+    assert len(b["lower"]) == len(b["upper"]) == len(b["gap"]) == 3
+    gap = np.subtract(b["upper"], b["lower"])
+    assert np.allclose(b["gap"], gap) and b["mean_gap"] == pytest.approx(gap.mean())
+    assert b["mean_lower"] == pytest.approx(np.mean(b["lower"]))
+    assert re.search(r"lower bound\s+-\d+\.\d{3} nats", out) and "gap" in out
+    assert not list(run.glob(".*"))
+
+    status, out, err = cli(capsys, "report", run)
+    assert status == 0, err
+    page = (run / "report.html").read_text(encoding="utf-8")
+    for text in (
+        "Importance sampling vs annealed importance sampling",
+        "Bidirectional Monte Carlo",
+        "<figcaption><b>Importance sampling vs AIS.</b>",
+        "IS − AIS =",
+        "10 × 4",
+    ):
+        assert text in page, text
+    assert html.escape(metrics["estimator"]) in page
 
 
 def test_evaluate_prints_a_table(run_a, tmp_path, capsys):
@@ -129,6 +264,33 @@ def test_evaluate_prints_a_table(run_a, tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["split"] == "val" and metrics["num_datapoints"] == 50
     assert (run / "loglik_val.pt").is_file()
+
+
+def test_summaries_put_errors_and_agreement_in_words():
+    from ppvae.app.summaries import agreement_sentence, bdmc_sentence, mc_stderr_text
+
+    n = {"num_datapoints": 359}
+    assert mc_stderr_text({**n, "mc_stderr": None, "num_without_stderr": 2}) == (
+        "not available: k-hat rejects 2 of 359 datapoints"
+    )
+    assert mc_stderr_text({**n, "mc_stderr": math.nan, "num_without_stderr": 0}) == "not available"
+    assert mc_stderr_text({**n, "mc_stderr": 0.01234, "num_stderr_approximate": 0}) == "0.0123"
+    assert "approximate" in mc_stderr_text({**n, "mc_stderr": 0.01, "num_stderr_approximate": 3})
+    base = {"num_datapoints": 20, "difference_mc_stderr": 0.05}
+    agree, text = agreement_sentence({**base, "difference": 0.03, "difference_stderr": 0.02})
+    assert agree and "+0.030 ± 0.020 nats" in text and "agree within 2" in text
+    agree, text = agreement_sentence({**base, "difference": -1.5, "difference_stderr": 0.1})
+    assert agree is False and "15.0 standard errors" in text and "importance-sampling" in text
+    agree, text = agreement_sentence({**base, "difference": 0.9, "difference_stderr": 0.1})
+    assert agree is False and "AIS is likely biased low" in text and "ppvae bdmc" in text
+    # One datapoint has no paired s.e.: the Monte Carlo s.e. judges, and says so.
+    agree, text = agreement_sentence({**base, "difference": 0.04, "difference_stderr": None})
+    assert agree and "Monte Carlo s.e." in text
+    agree, text = agreement_sentence({"num_datapoints": 1, "difference": 0.04})
+    assert agree is None and "no standard error" in text
+    record = {"num_steps": 10, "num_chains": 4, "max_gap": 3.0}
+    assert "long enough" in bdmc_sentence({**record, "mean_gap": 0.02})
+    assert "use more steps" in bdmc_sentence({**record, "mean_gap": 2.5})
 
 
 def test_sample_writes_a_png(run_a, tmp_path, capsys):
@@ -159,6 +321,11 @@ def test_report_has_every_figure_with_its_caption_and_the_verdict(run_a):
     assert re.search(r"reliable for \d+\.\d% of test digits \(k-hat ≤ 0\.41", page)
     metrics = json.loads((run_a / "metrics.json").read_text())
     assert metrics["verdict"].split(":")[0] in page
+    assert f"estimated by {metrics['estimator']}" in page
+    assert "Refined estimate vs the guide alone" in page and "guide alone (left)" in page
+    if metrics["mc_stderr"] is None:
+        assert "Monte Carlo s.e. not available: k-hat rejects" in page
+    assert "Bidirectional Monte Carlo" not in page  # no bdmc.json in this run
     assert sorted(p.name for p in (run_a / "figures").glob("*.png")) == sorted(
         [
             "samples.png",
@@ -285,9 +452,19 @@ def test_conditional_run_samples_a_chosen_class(tmp_path, capsys):
         status, _, err = cli(capsys, "sample", run, *extra, "--n", "20", "--out", png)
         assert status == 0 and png.read_bytes().startswith(b"\x89PNG"), err
     assert_user_error(*cli(capsys, "sample", run, "--label", "10")[::2], "0..9")
-    assert cli(capsys, "evaluate", run, "--num-samples", "20", "--quiet")[0] == 0
+    args = ["--num-samples", "20", "--limit", "30", "--ais", "3", "--ais-steps", "5"]
+    status, _, err = cli(capsys, "evaluate", run, *args, "--ais-chains", "2", "--quiet")
+    assert status == 0, err
     metrics = json.loads((run / "metrics.json").read_text())
     assert math.isfinite(metrics["log_likelihood"]) and metrics["log_likelihood"] < 0
+    assert math.isfinite(metrics["ais"]["ais"]) and metrics["ais"]["num_datapoints"] == 3
+    # BDMC simulates given labels, so a conditional model is certified too.
+    status, _, err = cli(
+        capsys, "bdmc", run, "--num-datapoints", "2", "--steps", "5", "--chains", "2"
+    )
+    assert status == 0, err
+    b = json.loads((run / "bdmc.json").read_text())
+    assert len(b["lower"]) == 2 and all(math.isfinite(v) for v in b["lower"] + b["upper"])
 
 
 def test_resume_after_kill_loses_no_epoch_and_config_reproduces(tmp_path, capsys):
@@ -337,6 +514,7 @@ def test_a_user_error_in_a_real_process_is_one_line(tmp_path):
 
 
 def test_user_errors_are_one_line_with_status_2(run_a, tmp_path, capsys):
+    metrics = json.loads((run_a / "metrics.json").read_text())
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("epochs = 2\nlatent = 3\n")
     corrupt = tmp_path / "corrupt"
@@ -373,6 +551,17 @@ def test_user_errors_are_one_line_with_status_2(run_a, tmp_path, capsys):
         (["compare", run_a], "at least two"),
         (["compare", run_a, corrupt], "no test evaluation"),
         (["evaluate", run_a, "--split", "everything"], "invalid choice"),
+        (["evaluate", run_a, "--proposal", "nope"], "invalid choice"),
+        (["evaluate", run_a, "--ais", "0"], "--ais must be at least 1"),
+        (["evaluate", run_a, "--ais", "-3"], "--ais must be at least 1"),
+        (["evaluate", run_a, "--ais", "many"], "invalid int value"),
+        (["evaluate", run_a, "--ais", "2", "--ais-steps", "0"], "--ais-steps"),
+        (["evaluate", run_a, "--ais", "2", "--ais-chains", "1"], "--ais-chains"),
+        (["evaluate", run_a, "--limit", "0"], "--limit"),
+        (["bdmc", run_a, "--num-datapoints", "0"], "--num-datapoints"),
+        (["bdmc", run_a, "--steps", "0"], "--steps"),
+        (["bdmc", run_a, "--chains", "0"], "--chains"),
+        (["bdmc", tmp_path / "nowhere"], "does not exist"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ]
@@ -380,6 +569,8 @@ def test_user_errors_are_one_line_with_status_2(run_a, tmp_path, capsys):
         status, _, err = cli(capsys, *args)
         assert_user_error(status, err, fragment)
     assert not x.exists()  # a refused run leaves nothing behind
+    assert json.loads((run_a / "metrics.json").read_text()) == metrics  # refused before work
+    assert not (run_a / "bdmc.json").exists()
 
 
 def test_demo_without_fashion_mnist_says_how_to_get_it(tmp_path, capsys, monkeypatch):
@@ -408,7 +599,7 @@ def test_version_and_help(capsys):
     assert status == 0 and out.strip() == f"ppvae {__version__}"
     status, out, _ = cli(capsys, "--help")
     assert status == 0
-    for command in ("train", "evaluate", "sample", "compare", "score", "report", "demo"):
+    for command in ("train", "evaluate", "bdmc", "sample", "compare", "score", "report", "demo"):
         assert command in out
         status, sub, _ = cli(capsys, command, "--help")
         assert status == 0 and f"ppvae {command}" in sub
@@ -433,3 +624,13 @@ def test_demo_loads_the_dataset_once_and_hands_it_along(tmp_path, monkeypatch):
     assert metrics["num_datapoints"] == 40 and metrics["num_samples"] == 20
     assert (out / "model.pt").is_file() and (out / "report.html").is_file()
     assert lines[-1].startswith(f"report: {out / 'report.html'}")
+    # The headline says how it was estimated, how much was refined and what the guide gave.
+    text = "\n".join(lines)
+    assert f"estimator: {metrics['estimator']}" in text
+    assert f"{metrics['num_refined']} of 40 digits refined" in text
+    assert f"for {metrics['num_reliable']} of 40 digits" in text
+    assert ("guide alone: " in text) == (metrics["num_refined"] > 0)
+    if metrics["mc_stderr"] is None:
+        assert "Monte Carlo s.e. not available: k-hat rejects" in text
+    else:
+        assert re.search(r"Monte Carlo s\.e\. \d\.\d{3}", text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 import re
 
@@ -53,6 +54,15 @@ def _all_figures() -> dict[str, Figure]:
         "hist": plots.plot_loglik_hist(rng.normal(-100, 5, 200), rng.normal(-105, 5, 200)),
         "khat": plots.plot_khat(np.r_[rng.uniform(0, 1.3, 100), np.nan, -np.inf], num_samples=1000),
         "ess": plots.plot_ess(rng.uniform(1, 1000, 100), num_samples=1000),
+        "khat_pair": plots.plot_khat_comparison(
+            rng.uniform(0, 1.3, 50), rng.uniform(-0.2, 0.6, 50), num_samples=1000
+        ),
+        "is_vs_ais": plots.plot_is_vs_ais(
+            rng.normal(-100, 1, 8),
+            rng.normal(-100, 1, 8),
+            np.r_[np.full(7, 0.1), np.nan],
+            np.full(8, 0.05),
+        ),
         "features": plots.plot_feature_summary(rng.normal(size=(50, 6)), rng.normal(size=(50, 6))),
     }
 
@@ -92,6 +102,31 @@ def test_khat_plot_uses_the_diagnostics_labels():
         lines = sorted(line.get_ydata()[0] for line in fig.axes[0].get_lines())
         assert lines == sorted({thr, 0.7, 1.0})
         plt.close(fig)
+
+
+def test_khat_comparison_shows_the_guide_beside_the_final_estimate():
+    from ppvae.inference.khat import khat_labels
+
+    guide, final = np.r_[0.2, 0.9, 1.2, np.nan], np.r_[0.1, 0.3, 0.8, 0.2]
+    fig = plots.plot_khat_comparison(guide, final, num_samples=1000, final_title="after")
+    assert len(fig.axes) == 2 and fig.axes[1].get_title() == "after"
+    for ax, k in zip(fig.axes, (guide, final), strict=True):
+        legend = sorted(t.get_text() for t in ax.get_legend().get_texts())
+        labels = khat_labels(k, 1000)
+        assert legend == sorted(f"{lab} ({np.sum(labels == lab)})" for lab in set(labels))
+    assert fig.axes[0].get_ylim() == fig.axes[1].get_ylim()  # one k-hat scale for both
+
+
+def test_is_vs_ais_draws_bars_only_where_both_errors_exist():
+    d_is, d_ais = np.array([-10.0, -11.0, -12.0]), np.array([-10.5, -11.0, -11.0])
+    fig = plots.plot_is_vs_ais(d_is, d_ais, np.r_[0.1, np.nan, 0.2], np.r_[0.1, 0.1, 0.1])
+    ax = fig.axes[0]
+    (bars,) = [c for c in ax.containers]  # the error bars of the datapoints with an s.e.
+    assert np.allclose(bars.lines[0].get_ydata(), [0.5, -1.0])
+    crosses = ax.collections[-1].get_offsets()
+    assert np.allclose(np.asarray(crosses), [[1.0, 0.0]])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("mean -0.167") for t in legend)
 
 
 def test_is_image_shape():
@@ -156,6 +191,27 @@ def test_run_figures_for_a_conditional_image_model(tmp_path):
         assert r.caption and r.title
 
 
+def test_evaluation_figures_show_the_guide_khat_and_ais_when_recorded(tmp_path):
+    x = torch.randn(20, 6)
+    vae = VAE((6,), 2, likelihood="gaussian", hidden=(8,)).eval()
+    loglik = {
+        **_loglik(20),
+        "guide_only_khat": torch.rand(20) + 0.5,
+        "proposal_per_datapoint": ["refine"] * 15 + ["guide"] * 5,
+        "mc_stderr_per_datapoint": torch.full((20,), 0.1),
+        "ais_per_datapoint": torch.randn(4) - 100,
+        "ais_mc_stderr_per_datapoint": torch.full((4,), 0.05),
+        "estimator": "importance sampling with K = 200, guide proposal refined on 15 of 20",
+    }
+    records, _ = make_run_figures(vae, x, None, tmp_path, loglik=loglik)
+    by_name = {r.name: r for r in records}
+    assert list(by_name)[-4:] == ["loglik_hist.png", "khat.png", "ess.png", "ais.png"]
+    assert "guide alone (left)" in by_name["khat.png"].caption
+    assert "15 of 20" in by_name["khat.png"].caption
+    assert "first 4" in by_name["ais.png"].caption
+    assert loglik["estimator"] in by_name["loglik_hist.png"].caption
+
+
 def test_run_figures_for_tabular_data_skip_images(tmp_path):
     x = torch.randn(40, 6)
     vae = VAE((6,), 2, likelihood="gaussian", hidden=(8,)).eval()
@@ -204,6 +260,77 @@ def test_report_embeds_every_figure_and_escapes_user_strings(tmp_path):
     assert re.search(r"training time \(s\)</td><td class=num>4</td>", page)
     path = write_report(tmp_path / "report.html", page)
     assert path.read_text(encoding="utf-8") == page
+
+
+def test_report_shows_the_estimator_comparisons_and_bdmc_in_words(tmp_path):
+    metrics = {
+        "split": "test",
+        "num_samples": 1000,
+        "num_datapoints": 359,
+        "estimator": "importance sampling with K = 1000, guide proposal refined on 359 of 359",
+        "log_likelihood": -86.1,
+        "stderr": 0.82,
+        "mc_stderr": None,
+        "num_without_stderr": 2,
+        "khat_threshold": 0.7,
+        "share_khat_above_threshold": 2 / 359,
+        "num_reliable": 357,
+        "verdict": "reliable: 99% of datapoints have k-hat ≤ 0.70",
+        "guide_only": {
+            "log_likelihood": -87.59,
+            "mc_stderr": None,
+            "num_without_stderr": 350,
+            "num_reliable": 9,
+            "difference": 1.49,
+            "difference_stderr": 0.05,
+            "verdict": "unreliable: 97% of datapoints have k-hat > 0.70",
+        },
+        "ais": {
+            "num_datapoints": 20,
+            "num_steps": 1000,
+            "num_chains": 16,
+            "importance_sampling": -85.0,
+            "ais": -85.01,
+            "difference": 0.01,
+            "difference_stderr": 0.02,
+            "agree": True,
+            "sentence": "On the first 20 datapoints, IS − AIS = +0.010 ± 0.020 nats: agree",
+        },
+    }
+    bdmc = {
+        "num_datapoints": 10,
+        "num_steps": 1000,
+        "num_chains": 16,
+        "mean_lower": -80.02,
+        "mean_upper": -80.0,
+        "mean_gap": 0.02,
+        "max_gap": 0.05,
+    }
+    page = render_report(
+        title="r",
+        config={},
+        figures=[],
+        figures_dir=tmp_path,
+        metrics=metrics,
+        bdmc=bdmc,
+        noun="digits",
+    )
+    assert "log p(x) = -86.10 ± 0.82 nats per datapoint" in page
+    assert f"estimated by {metrics['estimator']}" in page
+    # No Monte Carlo s.e. the diagnostics reject: words, in the headline and in the table.
+    assert page.count("not available: k-hat rejects 2 of 359 digits") == 2
+    assert "not available: k-hat rejects 350 of 359 digits" in page
+    assert "Refined estimate vs the guide alone" in page and "higher by 1.490 ± 0.050" in page
+    assert "Importance sampling vs annealed importance sampling" in page
+    assert html.escape(metrics["ais"]["sentence"]) in page
+    assert "Bidirectional Monte Carlo" in page and "gap is +0.020 nats per datapoint" in page
+    assert "the schedule is long enough there" in page
+    assert "guide_only" not in page  # nested records get sections, not a table row
+    without = render_report(title="r", config={}, figures=[], figures_dir=tmp_path, metrics={
+        "split": "test", "log_likelihood": -1.0, "khat_threshold": 0.7,
+        "share_khat_above_threshold": 0.0,
+    })  # fmt: skip
+    assert "Bidirectional" not in without and "guide alone" not in without
 
 
 def test_reliability_sentence_and_training_summary():

@@ -46,6 +46,9 @@ def test_records_round_trip_and_leave_no_temporary_files(tmp_path):
     write_csv(run.scores, ["row", "score"], [[0, 1.5], [1, 2.5]])
     with open(run.scores, newline="") as f:
         assert list(csv.reader(f)) == [["row", "score"], ["0", "1.5"], ["1", "2.5"]]
+    assert run.read_bdmc() is None
+    run.write_bdmc({"mean_gap": math.inf, "lower": [-1.0, math.nan]})
+    assert run.read_bdmc() == {"mean_gap": None, "lower": [-1.0, None]}
     run.write_report("<html></html>\n")
     assert not list(run.root.glob(".*"))
 
@@ -55,6 +58,7 @@ def test_clear_removes_only_what_a_run_writes(tmp_path):
     run.write_config(RunConfig())
     run.write_metrics({})
     run.write_loglik("test", {})
+    run.write_bdmc({})
     write_text(run.figures / "samples.png", "png")
     write_text(run.root / "notes.txt", "mine")
     run.clear()

@@ -3,7 +3,9 @@
 :func:`make_run_figures` writes every figure that applies to a model and its data
 (image figures for image data, a per-feature summary for tabular data, training
 curves when a history exists, the log-likelihood and k-hat figures once the run
-has been evaluated) and returns a :class:`FigureRecord` per file with its caption.
+has been evaluated, with the guide's k-hat beside the final estimate's and the
+IS-vs-AIS differences when those were computed) and returns a :class:`FigureRecord`
+per file with its caption.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ppvae import plots
+from ppvae.app.evaluation_figures import evaluation_figures
 
 __all__ = ["FigureRecord", "display_range", "slerp", "lerp", "make_run_figures"]
 
@@ -196,7 +198,8 @@ def make_run_figures(
     loglik
         Per-datapoint evaluation record with ``per_datapoint``, ``elbo_per_datapoint``
         and, when diagnostics ran, ``khat``, ``ess``, ``khat_threshold`` and
-        ``num_samples``.
+        ``num_samples``; optionally ``guide_only_khat`` with ``proposal_per_datapoint``,
+        and ``ais_per_datapoint`` with the standard errors of both estimates.
     interpolation, projection
         ``"slerp"`` or ``"linear"``; ``"pca"`` or ``"tsne"``.
 
@@ -231,7 +234,7 @@ def make_run_figures(
             )
         )
     if loglik is not None:
-        figures += _evaluation_figures(loglik, split)
+        figures += evaluation_figures(loglik, split)
     records = []
     for name, fig, title, caption in figures:
         plots.save_figure(fig, out_dir / name)
@@ -270,41 +273,3 @@ def _latent_figure(
         f"Posterior means of {len(idx)} {split} datapoints in {more}"
         + (", coloured by label." if yi is not None else "."),
     )
-
-
-def _evaluation_figures(loglik: dict[str, Any], split: str) -> list[tuple[str, Any, str, str]]:
-    s = loglik.get("num_samples")
-    out = [
-        (
-            "loglik_hist.png",
-            plots.plot_loglik_hist(loglik["per_datapoint"], loglik.get("elbo_per_datapoint")),
-            "Log-likelihood per datapoint",
-            f"Importance-sampled log p̂(x) of each {split} datapoint with S = {s} draws from "
-            "the guide, and its ELBO; the gap between them is the looseness of the bound.",
-        )
-    ]
-    if loglik.get("khat") is not None:
-        thr = float(loglik["khat_threshold"])
-        out.append(
-            (
-                "khat.png",
-                plots.plot_khat(loglik["khat"], num_samples=int(s)),
-                "Pareto k-hat diagnostics",
-                f"PSIS k-hat of each datapoint's importance weights. Below the sample-size-"
-                f"aware threshold {thr:.2f} the estimate is reliable; above 0.7 the guide's "
-                "tails are too light for the posterior and the estimate may be badly biased; "
-                "above 1 it is unreliable whatever S.",
-            )
-        )
-    if loglik.get("ess") is not None:
-        ess = np.asarray(loglik["ess"], dtype=float)
-        out.append(
-            (
-                "ess.png",
-                plots.plot_ess(ess, num_samples=int(s or ess.max())),
-                "Effective sample size",
-                "Effective sample size of each datapoint's normalised importance weights "
-                "(out of S): low values mean few draws dominate the estimate.",
-            )
-        )
-    return out

@@ -1,9 +1,11 @@
 """A run's HTML report: one self-contained page (figures embedded as base64 PNG data URIs).
 
-:func:`render_report` turns a run's configuration, metrics, training history and
-figures into HTML; :func:`write_report` writes it atomically; :func:`report_run` does
-both for a run folder (``ppvae report RUN_DIR``), drawing the figures first. Every string that
-comes from the user or the data (paths, config values, captions) is escaped.
+:func:`render_report` turns a run's configuration, metrics (the headline, the estimator
+that produced it, its comparisons with the guide alone and with AIS), a bidirectional
+Monte Carlo check, training history and figures into HTML; :func:`write_report` writes
+it atomically; :func:`report_run` does both for a run folder (``ppvae report RUN_DIR``),
+drawing the figures first. Every string that comes from the user or the data (paths,
+config values, captions) is escaped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from ppvae.app.figures import FigureRecord, make_run_figures
 from ppvae.app.rundir import RunDir, write_text
+from ppvae.app.summaries import BDMC_GOOD_GAP, bdmc_sentence, guide_sentence, mc_stderr_text
 from ppvae.app.train import load_model, load_run_dataset, split_data
 from ppvae.data import Dataset
 
@@ -33,7 +36,7 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
        color: #222; line-height: 1.45; }
 h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2rem;
-       border-bottom: 1px solid #ddd; }
+       border-bottom: 1px solid #ddd; } h3 { font-size: 1.05rem; margin-top: 1.5rem; }
 table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
 td, th { border: 1px solid #ddd; padding: 0.2rem 0.6rem; text-align: left; }
 th { background: #f4f4f4; } td.num { text-align: right; font-family: monospace; }
@@ -81,9 +84,9 @@ def reliability_sentence(metrics: Mapping[str, Any], noun: str = "datapoints") -
     )
     if share_above > 0:
         text += (
-            f" For the other {100 - ok:.1f}% the guide's tails are too light for the "
-            "posterior: their estimates may be biased low, so the reported log-likelihood is "
-            "best read as a lower bound there."
+            f" For the other {100 - ok:.1f}% the importance weights are too heavy-tailed: "
+            "their estimates may be biased low and have no Monte Carlo standard error, so "
+            "the reported log-likelihood is best read as a lower bound there."
         )
     return text
 
@@ -117,6 +120,100 @@ def _figure_html(folder: Path, record: FigureRecord) -> str:
     )
 
 
+# Metrics shown in sections of their own rather than in the evaluation table.
+_OWN_SECTIONS = ("guide_only", "ais", "mc_stderr_text", "estimator")
+
+
+def _evaluation_html(metrics: Mapping[str, Any], noun: str) -> list[str]:
+    """The evaluation: reliability, headline and its estimator, and the metrics table."""
+    cls = "verdict" if not metrics.get("share_khat_above_threshold") else "warn"
+    parts = [f"<p class={cls}>{html.escape(reliability_sentence(metrics, noun))}</p>"]
+    if metrics.get("verdict"):
+        parts.append(f"<p>{html.escape(str(metrics['verdict']))}</p>")
+    parts.append("<h2>Evaluation</h2>")
+    if metrics.get("estimator") and metrics.get("log_likelihood") is not None:
+        se = metrics.get("stderr")
+        pm = f" ± {se:.2f}" if isinstance(se, float) and math.isfinite(se) else ""
+        parts.append(
+            f"<p>Headline: log p(x) = {metrics['log_likelihood']:.2f}{pm} nats per datapoint "
+            f"(s.e. over {noun}), estimated by {html.escape(str(metrics['estimator']))}; "
+            f"Monte Carlo s.e. {html.escape(mc_stderr_text(metrics, noun=noun))}.</p>"
+        )
+    rows = {k: v for k, v in metrics.items() if k not in _OWN_SECTIONS}
+    if "mc_stderr" in rows:
+        rows["mc_stderr"] = mc_stderr_text(metrics, noun=noun)
+    parts.append(_table(rows, ("metric", "value")))
+    if metrics.get("guide_only"):
+        g = metrics["guide_only"]
+        parts += [
+            "<h3>Refined estimate vs the guide alone</h3>",
+            f"<p>The guide alone gives {html.escape(guide_sentence(metrics, noun))}.</p>",
+            _table(
+                {
+                    "log p(x), guide alone": g["log_likelihood"],
+                    "log p(x), headline": metrics["log_likelihood"],
+                    "headline − guide alone (nats)": g["difference"],
+                    "paired s.e. of the difference": g.get("difference_stderr"),
+                    f"{noun} reliable with the guide alone": g["num_reliable"],
+                    f"{noun} reliable in the headline": metrics.get("num_reliable"),
+                    "guide-alone Monte Carlo s.e.": mc_stderr_text(
+                        {**g, "num_datapoints": metrics["num_datapoints"]}, noun=noun
+                    ),
+                    "guide-alone verdict": g.get("verdict"),
+                },
+                ("quantity", "value"),
+            ),
+        ]
+    if metrics.get("ais"):
+        parts += _ais_html(metrics["ais"])
+    return parts
+
+
+def _ais_html(a: Mapping[str, Any]) -> list[str]:
+    cls = "verdict" if a.get("agree") else "warn"
+    return [
+        "<h3>Importance sampling vs annealed importance sampling</h3>",
+        f"<p class={cls}>{html.escape(str(a['sentence']))}</p>",
+        _table(
+            {
+                "datapoints (the first of the split)": a["num_datapoints"],
+                "AIS steps × chains": f"{a['num_steps']} × {a['num_chains']}",
+                "log p(x), importance sampling": a["importance_sampling"],
+                "log p(x), AIS": a["ais"],
+                "IS − AIS (nats)": a["difference"],
+                "paired s.e. of the difference": a.get("difference_stderr"),
+                "Monte Carlo s.e. of the difference": a.get("difference_mc_stderr"),
+                "AIS acceptance rate (mean)": a.get("accept_rate"),
+                "AIS time (s)": a.get("seconds"),
+            },
+            ("quantity", "value"),
+        ),
+    ]
+
+
+def _bdmc_html(b: Mapping[str, Any]) -> list[str]:
+    cls = "verdict" if float(b["mean_gap"]) < BDMC_GOOD_GAP else "warn"
+    return [
+        "<h2>Bidirectional Monte Carlo</h2>",
+        f"<p>Forward and reverse AIS on {b['num_datapoints']} datapoints simulated from the "
+        "model sandwich their log p(x) (Grosse et al. 2015); the gap bounds the error of AIS "
+        "with the same settings on data like the model's own.</p>",
+        f"<p class={cls}>{html.escape(bdmc_sentence(b))}</p>",
+        _table(
+            {
+                "AIS steps × chains": f"{b['num_steps']} × {b['num_chains']}",
+                "lower bound (forward AIS, mean)": b["mean_lower"],
+                "upper bound (reverse AIS, mean)": b["mean_upper"],
+                "gap (mean)": b["mean_gap"],
+                "gap (max)": b["max_gap"],
+                "seed": b.get("seed"),
+                "time (s)": b.get("seconds"),
+            },
+            ("quantity", "value"),
+        ),
+    ]
+
+
 def render_report(
     *,
     title: str,
@@ -127,6 +224,7 @@ def render_report(
     history: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
     noun: str = "datapoints",
+    bdmc: Mapping[str, Any] | None = None,
 ) -> str:
     """The report as one HTML string with every figure embedded."""
     parts = [
@@ -135,16 +233,14 @@ def render_report(
         f"<h1>{html.escape(title)}</h1>",
     ]
     if metrics:
-        cls = "verdict" if not metrics.get("share_khat_above_threshold") else "warn"
-        parts.append(f"<p class={cls}>{html.escape(reliability_sentence(metrics, noun))}</p>")
-        if metrics.get("verdict"):
-            parts.append(f"<p>{html.escape(str(metrics['verdict']))}</p>")
-        parts += ["<h2>Evaluation</h2>", _table(metrics, ("metric", "value"))]
+        parts += _evaluation_html(metrics, noun)
     else:
         parts.append(
             "<p class=warn>This run has not been evaluated yet: run <code>ppvae evaluate "
             "RUN_DIR</code> for its log-likelihood and diagnostics.</p>"
         )
+    if bdmc:
+        parts += _bdmc_html(bdmc)
     if history:
         parts += ["<h2>Training</h2>", _table(training_summary(history), ("quantity", "value"))]
     parts += ["<h2>Configuration</h2>", _table(config)]
@@ -204,5 +300,6 @@ def report_run(
         history=history,
         notes=notes,
         noun=noun,
+        bdmc=run.read_bdmc(),
     )
     return run.write_report(content)

@@ -9,6 +9,7 @@ A run folder holds everything needed to repeat and inspect one training run::
     RUN_DIR/model.pt             the final model
     RUN_DIR/metrics.json         the latest evaluation: log-likelihood, errors, k-hat verdict
     RUN_DIR/loglik_<split>.pt    per-datapoint estimates and diagnostics of that evaluation
+    RUN_DIR/bdmc.json            bounds that certify an AIS schedule (``ppvae bdmc``)
     RUN_DIR/scores.csv           anomaly scores (``ppvae score``, unless ``--out`` says otherwise)
     RUN_DIR/samples.png          a sample grid (``ppvae sample``, likewise)
     RUN_DIR/figures/*.png        figures, and RUN_DIR/report.html embedding them
@@ -129,6 +130,7 @@ class RunDir:
         self.history = self.root / "history.json"
         self.model = self.root / "model.pt"
         self.metrics = self.root / "metrics.json"
+        self.bdmc = self.root / "bdmc.json"
         self.scores = self.root / "scores.csv"
         self.samples = self.root / "samples.png"
         self.figures = self.root / "figures"
@@ -193,6 +195,14 @@ class RunDir:
         """Save an evaluation's summary."""
         return write_json(self.metrics, metrics)
 
+    def read_bdmc(self) -> dict[str, Any] | None:
+        """The latest bidirectional Monte Carlo check, or ``None`` before any."""
+        return _read_json(self.bdmc)
+
+    def write_bdmc(self, record: dict[str, Any]) -> Path:
+        """Save a bidirectional Monte Carlo check (``ppvae bdmc``)."""
+        return write_json(self.bdmc, record)
+
     def read_loglik(self, split: str) -> dict[str, Any]:
         """The per-datapoint record of the evaluation of ``split``."""
         path = self.loglik(split)
@@ -231,7 +241,7 @@ class RunDir:
             return
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         shutil.rmtree(self.figures, ignore_errors=True)
-        for path in (self.model, self.history, self.metrics, self.report, self.config):
+        for path in (self.model, self.history, self.metrics, self.bdmc, self.report, self.config):
             path.unlink(missing_ok=True)
         for path in self.root.glob("loglik_*.pt"):
             path.unlink()
