@@ -206,7 +206,9 @@ def khat_summary(
             "use K ≥ 100"
         )
     elif reliable:
-        verdict = f"reliable: {100 * (1 - above):.0f}% of datapoints have k-hat ≤ {thr:.2f}"
+        good = int(np.sum(labels == "good"))
+        # Counts, not a rounded share: 358 of 359 must not read as 100%.
+        verdict = f"reliable: {good} of {n} datapoints ({good / n:.1%}) have k-hat ≤ {thr:.2f}"
     else:
         more_k = np.sum(labels == "ok") >= np.sum(np.isin(labels, KHAT_LABELS[2:]))
         verdict = (

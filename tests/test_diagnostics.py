@@ -205,7 +205,8 @@ def test_khat_summary_counts_and_worst_points():
     assert s["share_above_0.7"] == pytest.approx(2 / 6)
     assert not s["reliable"] and s["verdict"].startswith("unreliable: 50%")
     ok = khat_summary(np.array([0.1] * 99 + [0.9]), 10_000)
-    assert ok["reliable"] and ok["verdict"] == "reliable: 99% of datapoints have k-hat ≤ 0.70"
+    expected = "reliable: 99 of 100 datapoints (99.0%) have k-hat ≤ 0.70"
+    assert ok["reliable"] and ok["verdict"] == expected
     values, s_ = khat_values(khat, 100)
     assert s_ == 100 and values.shape == (6,)
 
