@@ -18,16 +18,16 @@ from typing import Any
 
 import torch
 
-from bench.common import missing, training_images
+from bench.common import missing, missing_proposals, training_images
 from bench.machine import machine_info, matmul_peak
 from bench.report import markdown_report, update_readme, write_json, write_text
 
 __all__ = ["main", "SETTINGS"]
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("training", "importance", "memory", "accuracy")
+SECTIONS = ("training", "importance", "memory", "accuracy", "refined", "ais")
 
-# Full: about 15 minutes on 2 CPU cores; quick: about 2 minutes.
+# Full: about 20 minutes on 2 CPU cores; quick: about 3 minutes.
 SETTINGS: dict[str, dict[str, Any]] = {
     "full": {
         "training": {"num_images": 10_000, "rounds": 5, "batch_sizes": (128, 512)},
@@ -40,6 +40,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
             "num_samples": 1000,
             "iwae": {5: (None, 3), 50: (10_000, 1)},
         },
+        "refined": {"epochs": 250, "num_samples": 1000, "repeats": 3},
+        "ais": {"epochs": 250, "num_data": 20, "num_steps": 200, "repeats": 7, "wide": (100, 20)},
         "profile_steps": 20,
         "overhead_calls": 200,
     },
@@ -54,6 +56,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
             "num_samples": 1000,
             "iwae": {5: (5000, 1), 50: (1000, 1)},
         },
+        # The demo model trained for 100 epochs instead of 250, to save time.
+        "refined": {"epochs": 100, "num_samples": 1000, "repeats": 1},
+        "ais": {"epochs": 100, "num_data": 20, "num_steps": 100, "repeats": 5, "wide": None},
         "profile_steps": 8,
         "overhead_calls": 50,
     },
@@ -111,15 +116,31 @@ def _accuracy(s: dict[str, Any], device: str) -> dict[str, Any]:
     return out
 
 
+def _refined(s: dict[str, Any], device: str) -> dict[str, Any]:
+    from bench.refined import refined_evaluation
+
+    return refined_evaluation(**s, device=device)
+
+
+def _ais(s: dict[str, Any], device: str) -> dict[str, Any]:
+    from bench.ais_throughput import ais_throughput
+
+    return ais_throughput(**s, device=device)
+
+
 def _skipped(section: str, why: str) -> dict[str, Any]:
     row = {"metric": section, "ppvae": "skipped", "reference": why, "ratio": ""}
     row.update(target="", met=None)
     return {"skipped": why, "rows": [row], "notes": [f"{section} skipped: {why}"]}
 
 
+def _none() -> None:
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="about 2 minutes instead of 15")
+    parser.add_argument("--quick", action="store_true", help="about 3 minutes instead of 20")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -151,25 +172,29 @@ def main(argv: list[str] | None = None) -> int:
     peak = matmul_peak(device)
     print(f"float32 matmul peak: {peak['flops'] / 1e9:.1f} GFLOP/s", flush=True)
 
-    needs = {
-        "training": "ppvae.inference.train",
-        "importance": "ppvae.inference.importance",
-        "memory": "ppvae.inference.importance",
-        "accuracy": "ppvae.inference.train",
+    needs: dict[str, Callable[[], str | None]] = {
+        "training": lambda: missing("ppvae.inference.train"),
+        "importance": lambda: missing("ppvae.inference.importance"),
+        "memory": lambda: missing("ppvae.inference.importance"),
+        "accuracy": lambda: missing("ppvae.inference.train"),
+        "refined": lambda: missing("ppvae.inference.proposals") or missing_proposals(),
+        "ais": lambda: missing("ppvae.inference.ais"),
     }
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "training": lambda: _training(settings["training"], device),
         "importance": lambda: _importance(settings["importance"], device, peak["flops"]),
         "memory": lambda: _memory(settings["memory"], device),
         "accuracy": lambda: _accuracy(settings["accuracy"], device),
+        "refined": lambda: _refined(settings["refined"], device),
+        "ais": lambda: _ais(settings["ais"], device),
     }
     if args.anchor:
         from bench.anchor import run_anchor
 
-        only, runners["anchor"], needs["anchor"] = ["anchor"], lambda: run_anchor(device), ""
+        only, runners["anchor"], needs["anchor"] = ["anchor"], lambda: run_anchor(device), _none
     sections: dict[str, Any] = {}
     for name in only:
-        why = missing(needs[name]) if needs[name] else None
+        why = needs[name]()
         t0 = time.perf_counter()
         print(f"\n== {name} ==", flush=True)
         sections[name] = _skipped(name, why) if why else runners[name]()
@@ -199,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_overhead(prof["overhead"]), flush=True)
         sections["profile"] = prof
 
-    # Quick and anchor runs get their own files, so as not to overwrite a full run's.
+    # Quick, anchor and partial runs get their own files, so as not to overwrite a full run's.
     kind = "anchor" if args.anchor else mode
     command = "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {
@@ -214,11 +239,15 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_end": os.getloadavg(),
     }
     suffix = "" if kind == "full" else f"-{kind}"
+    partial = not args.anchor and set(only) != set(SECTIONS)
+    if partial:
+        # Some sections only: their own file, and the README's table is left alone.
+        suffix += "-" + "-".join(only)
     name = f"{stamp:%Y-%m-%d}-{info['host']}{suffix}"
     report = markdown_report(results)
     write_json(args.output_dir / f"{name}.json", results)
     write_text(args.output_dir / f"{name}.md", report)
-    if not args.no_readme:
+    if not args.no_readme and not partial:
         update_readme(HERE / "README.md", report)
     print("\n" + report)
     print(f"wrote {args.output_dir / name}.json and .md")

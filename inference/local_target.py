@@ -120,10 +120,8 @@ class LocalTarget:
         first = guide_trace.nodes[self.sites[0].name]["value"]
         self.dtype, self.device = first.dtype, first.device
         self.dim = sum(s.numel for s in self.sites)
-        # Per-call costs that AIS and the refined proposal pay thousands of times: a
-        # particle plate per particle count, built once; Pyro's validation only on the
-        # first log_joint (the model is the same at every call, as fit does after its
-        # first batch).
+        # AIS and refinement call log_joint thousands of times: plates are built once,
+        # and Pyro's validation runs on the first call only (as in fit).
         self._plates: dict[int, Any] = {}
         self._validated = False
 
@@ -197,12 +195,9 @@ class LocalTarget:
         )
 
     def _local_log_density(self, trace: poutine.Trace) -> torch.Tensor:
-        """``site_log_probs(trace).local`` without Pyro's per-site bookkeeping.
+        """``site_log_probs(trace).local`` without the checks that the first call ran.
 
-        The same terms summed in the same order (unscaled, masked, summed over the other
-        plates), without the scaled copy, the per-site total and the checks that
-        ``Trace.compute_log_prob`` adds; used once the first call has run those checks.
-        """
+        The same terms in the same order, without ``compute_log_prob``'s scaled copies."""
         nesting = self.max_plate_nesting
         total = None
         for site in trace.nodes.values():
