@@ -200,8 +200,11 @@ def inference_data(
     """Estimate log p(x) and export it with importance-resampled posterior draws.
 
     The log-likelihood estimate and its diagnostics come from
-    :func:`ppvae.inference.importance.log_likelihood` (``num_samples`` particles, unless a
-    ready ``result`` is passed). Each of the ``num_chains`` chains is an independent set of
+    :func:`ppvae.inference.importance.log_likelihood` with its default proposal
+    (``num_samples`` particles, unless a ready ``result`` is passed), so where k-hat
+    rejects the guide they are the refined proposal's; the posterior draws below are
+    always the guide's particles, resampled by their importance weights. Each of the
+    ``num_chains`` chains is an independent set of
     ``num_samples`` guide particles per datapoint, resampled ``num_draws`` times in
     proportion to their importance weights (sampling importance resampling), so the
     ``posterior`` group holds approximate draws from p(z | x_i), not guide draws, and

@@ -128,8 +128,8 @@ class LogLikelihoodResult:
 
     @property
     def num_refined(self) -> int:
-        """How many datapoints a proposal other than the guide estimated."""
-        return sum(p != "guide" for p in self.proposal or [])
+        """How many datapoints the refined proposal (or a proposal callable) re-estimated."""
+        return sum(p in ("refine", "custom") for p in self.proposal or [])
 
     @property
     def num_without_stderr(self) -> int:
