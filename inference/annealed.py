@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ppvae.inference.ais import AISSettings, ais_log_weights
 from ppvae.inference.diagnostics import psis_diagnostics
+from ppvae.inference.khat import MAX_UNFITTABLE_SAMPLES
 from ppvae.inference.local_target import LocalTarget
 from ppvae.inference.passes import PassRecord, batches, fingerprint, honest_stderr
 from ppvae.inference.result import LogLikelihoodResult
@@ -94,7 +95,7 @@ def ais_log_likelihood(
     # PSIS needs more than 20 draws to fit a tail; with fewer chains the delta-method s.e.
     # over chains is reported, marked approximate (AIS weights are light-tailed when the
     # schedule is long enough, which bdmc certifies).
-    diagnostics = psis_diagnostics if num_chains > 20 else None
+    diagnostics = psis_diagnostics if num_chains > MAX_UNFITTABLE_SAMPLES else None
     show = sys.stderr.isatty() if progress is None else progress
     with seeded(seed):
         steps = batches(x, y, torch.arange(n, device=x.device), size)

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ppvae.inference import checkpoint as ckpt
 from ppvae.inference.batches import BatchLoader
+from ppvae.inference.checkpoint import load_checkpoint, restore_model, save
 from ppvae.inference.history import History
 from ppvae.inference.rng import set_rng_state
 
@@ -36,9 +36,9 @@ def save_run(
     """Write ``folder/last.pt`` (and ``folder/best.pt`` when ``best``), each atomically."""
     state = {"optimizer": optimizer, "history": history, "config": config}
     extra = {"loader": loader.state_dict()}
-    ckpt.save(model, folder / "last.pt", **state, extra=extra)
+    save(model, folder / "last.pt", **state, extra=extra)
     if best:
-        ckpt.save(model, folder / "best.pt", **state, extra=extra)
+        save(model, folder / "best.pt", **state, extra=extra)
 
 
 def resume_run(
@@ -61,7 +61,7 @@ def resume_run(
     path = folder / "last.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint {path} to resume from: run without resume=True")
-    saved = ckpt.load_checkpoint(path)  # on the CPU, where RNG and generator states live
+    saved = load_checkpoint(path)  # on the CPU, where RNG and generator states live
     before = saved.get("config") or {}
     changed = [
         f"{k}={before.get(k)!r} then, {v!r} now" for k, v in config.items() if before.get(k) != v
@@ -71,13 +71,13 @@ def resume_run(
             f"cannot resume from {path}: it was trained with other settings "
             f"({'; '.join(changed)}); pass the same arguments or use a new checkpoint_dir"
         )
-    ckpt.restore_model(saved, model, source=str(path))
+    restore_model(saved, model, source=str(path))
     optimizer.load_state_dict(saved["optimizer_state"])
     loader.load_state_dict(saved["extra"]["loader"])
     history = History.from_dict(saved["history"])
     best_state = None
     best = folder / "best.pt"
     if want_best and history.best_epoch is not None and best.is_file():
-        best_state = ckpt.load_checkpoint(best)["model_state"]
+        best_state = load_checkpoint(best)["model_state"]
     set_rng_state(saved["rng_state"])
     return history, best_state

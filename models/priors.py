@@ -16,8 +16,6 @@ The VampPrior lives in :mod:`ppvae.models.vamp`; the registry of priors by name 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pyro
 import pyro.distributions as dist
 import torch
@@ -25,9 +23,6 @@ from pyro.nn import PyroModule, PyroParam
 from torch import nn
 
 from ppvae.models.constraints import softplus_greater_than
-
-if TYPE_CHECKING:  # pragma: no cover - the VAE module imports the priors, not the reverse
-    from ppvae.models.vae import VAE
 
 __all__ = [
     "Prior",
@@ -61,7 +56,7 @@ class Prior(PyroModule):
     def guide(self) -> None:
         """Draw the prior's global latent sites in the guide (none by default)."""
 
-    def setup(self, vae: VAE) -> None:
+    def setup(self, vae: nn.Module) -> None:
         """Receive the VAE that owns this prior (no-op by default)."""
 
 

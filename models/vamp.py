@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import pyro.distributions as dist
 import torch
@@ -12,9 +11,6 @@ from torch.distributions import constraints, transform_to
 
 from ppvae.models.constraints import softplus_greater_than
 from ppvae.models.priors import Prior
-
-if TYPE_CHECKING:  # pragma: no cover - the VAE module imports the priors, not the reverse
-    from ppvae.models.vae import VAE
 
 __all__ = ["VampPrior"]
 
@@ -80,7 +76,7 @@ class VampPrior(Prior):
         else:
             self.register_buffer("logits", torch.zeros(self.num_components))
 
-    def setup(self, vae: VAE) -> None:
+    def setup(self, vae: nn.Module) -> None:
         if not getattr(vae.guide_net, "gaussian", False):
             raise ValueError(
                 "the VampPrior needs a Gaussian guide ('diagonal', 'lowrank', 'fullrank'); "

@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_bdmc(sub)
+    _add_sample(sub)
+    _add_compare(sub)
+    _add_score(sub)
+    _add_report(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _add_train(sub: Any) -> None:
+    """The ``ppvae train`` subcommand."""
     p = sub.add_parser("train", help="train a VAE into a run directory")
     p.add_argument("config", nargs="?", metavar="CONFIG.toml", help="run configuration")
     for flag, dest, tp, text in _TRAIN_FLAGS:
@@ -100,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or chatter")
     p.set_defaults(func=_train)
 
+
+def _add_evaluate(sub: Any) -> None:
+    """The ``ppvae evaluate`` subcommand."""
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood and k-hat")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--num-samples", type=int, default=1000, help="particles K (default 1000)")
@@ -124,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_evaluate)
 
+
+def _add_bdmc(sub: Any) -> None:
+    """The ``ppvae bdmc`` subcommand."""
     p = sub.add_parser("bdmc", help="certify an AIS schedule by bidirectional Monte Carlo")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument(
@@ -134,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_bdmc)
 
+
+def _add_sample(sub: Any) -> None:
+    """The ``ppvae sample`` subcommand."""
     p = sub.add_parser("sample", help="a PNG grid of samples")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--n", type=int, default=64, help="number of samples")
@@ -142,11 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_sample)
 
+
+def _add_compare(sub: Any) -> None:
+    """The ``ppvae compare`` subcommand."""
     p = sub.add_parser("compare", help="compare evaluated runs on the same data")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.set_defaults(func=_compare)
 
+
+def _add_score(sub: Any) -> None:
+    """The ``ppvae score`` subcommand."""
     p = sub.add_parser("score", help="anomaly scores -log p(x), ROC-AUC with --ood")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("data", metavar="DATA", help="dataset name (test split) or data file")
@@ -157,12 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_score)
 
+
+def _add_report(sub: Any) -> None:
+    """The ``ppvae report`` subcommand."""
     p = sub.add_parser("report", help="write RUN_DIR/report.html")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--interpolation", default="slerp", choices=("slerp", "linear"))
     p.add_argument("--projection", default="pca", choices=("pca", "tsne"))
     p.set_defaults(func=_report)
 
+
+def _add_demo(sub: Any) -> None:
+    """The ``ppvae demo`` subcommand."""
     p = sub.add_parser("demo", help="train, evaluate and report on a small dataset")
     p.add_argument("--dataset", default="digits", choices=("digits", "fashion-mnist"))
     p.add_argument("--out", default="runs/demo", metavar="RUN_DIR")
@@ -171,7 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_demo)
-    return parser
 
 
 def _echo(quiet: bool) -> Any:
