@@ -209,7 +209,8 @@ def _decode(vae: Any, z: torch.Tensor, y: torch.Tensor | None, output: str) -> t
     params = vae.decoder(z, y1h)
     lik = vae.likelihood
     if output == "sample":
-        return lik(params).sample()
+        # in the model's float dtype, as data are held (a categorical draws integer indices)
+        return lik(params).sample().to(z.dtype)
     mean = lik.mean(params) if hasattr(lik, "mean") else lik(params).mean
     if isinstance(lik, _INTEGER_LIKELIHOODS):
         low, high = lik.value_range()
