@@ -1,8 +1,8 @@
 """Does VAE data augmentation help a classifier trained on few labels? (README table.)
 
 On scikit-learn's digits (ppvae's fixed test split of 360 images), each seed keeps a
-stratified 5 % of the labelled training split (65 images, 6–7 per class) and trains two
-classifiers — logistic regression and a small MLP — on
+stratified 5 % of the labelled training split (64 of 1293 images, 6–7 per class) and
+trains two classifiers — logistic regression and a small MLP — on
 
 (a) the small set alone;
 (b) the small set plus class-conditional samples of a conditional VAE trained on the small
