@@ -115,17 +115,7 @@ def augment(
     Kingma & Dhariwal (2018), "Glow: Generative Flow with Invertible 1x1 Convolutions",
     NeurIPS (temperature of a flow's base distribution).
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}: use 'prior' or 'posterior'")
-    if output not in OUTPUTS:
-        raise ValueError(f"unknown output {output!r}: use 'sample' or 'mean'")
-    for name, value in (("n", n), ("n_per_class", n_per_class)):
-        if value is not None and int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-    if n is not None and n_per_class is not None:
-        raise ValueError("give n or n_per_class, not both")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    _check_request(mode, output, n, n_per_class, temperature)
     with seeded(seed), torch.no_grad():
         if mode == "prior":
             if source is not None or temperature != 1:
@@ -133,21 +123,9 @@ def augment(
                     "source and temperature apply to mode='posterior' only; prior mode draws "
                     "z from the model's prior as it is"
                 )
-            y = _prior_labels(vae, n, n_per_class, labels)
-            y = None if y is None else y.to(next(vae.parameters()).device)
-            size = len(y) if y is not None else int(n)  # n is set: checked by _prior_labels
-            ys = [None] * -(-size // _CHUNK) if y is None else y.split(_CHUNK)
-            sizes = torch.arange(size).split(_CHUNK)
-            z = torch.cat([_prior_latents(vae, len(s), yc) for s, yc in zip(sizes, ys)])
+            z, y = _prior_draws(vae, n, n_per_class, labels)
         else:
-            x_src, y_src = _source(vae, source)
-            rows = _source_rows(y_src, n, n_per_class, labels, len(x_src))
-            y = None if y_src is None else y_src[rows]
-            parts = [
-                posterior_latents(vae, x_src[r], None if y is None else y_src[r], temperature)
-                for r in rows.split(_CHUNK)
-            ]
-            z = torch.cat(parts)
+            z, y = _posterior_draws(vae, source, n, n_per_class, labels, temperature)
         x = torch.cat([_decode(vae, zc, yc, output) for zc, yc in _pairs(z, y)])
     return x, y
 
@@ -179,6 +157,53 @@ def posterior_latents(
             u = transform(u)
         return u
     return q.mean + temperature * (q.sample() - q.mean)
+
+
+def _check_request(
+    mode: str, output: str, n: int | None, n_per_class: int | None, temperature: float
+) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: use 'prior' or 'posterior'")
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r}: use 'sample' or 'mean'")
+    for name, value in (("n", n), ("n_per_class", n_per_class)):
+        if value is not None and int(value) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+    if n is not None and n_per_class is not None:
+        raise ValueError("give n or n_per_class, not both")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+
+
+def _prior_draws(
+    vae: Any, n: int | None, n_per_class: int | None, labels: Any
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Latents from the prior and their labels, in chunks of at most ``_CHUNK``."""
+    y = _prior_labels(vae, n, n_per_class, labels)
+    y = None if y is None else y.to(next(vae.parameters()).device)
+    size = len(y) if y is not None else int(n)  # n is set: checked by _prior_labels
+    sizes = [len(part) for part in torch.arange(size).split(_CHUNK)]
+    ys = [None] * len(sizes) if y is None else y.split(_CHUNK)
+    z = torch.cat([_prior_latents(vae, m, yc) for m, yc in zip(sizes, ys, strict=True)])
+    return z, y
+
+
+def _posterior_draws(
+    vae: Any,
+    source: Any,
+    n: int | None,
+    n_per_class: int | None,
+    labels: Any,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Latents from q(z | x) of the chosen source rows, and the rows' labels."""
+    x_src, y_src = _source(vae, source)
+    rows = _source_rows(y_src, n, n_per_class, labels, len(x_src))
+    parts = [
+        posterior_latents(vae, x_src[r], None if y_src is None else y_src[r], temperature)
+        for r in rows.split(_CHUNK)
+    ]
+    return torch.cat(parts), None if y_src is None else y_src[rows]
 
 
 def _prior_latents(vae: Any, m: int, y: torch.Tensor | None) -> torch.Tensor:

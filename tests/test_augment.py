@@ -129,6 +129,15 @@ def test_seeded_draws_repeat_and_leave_the_callers_stream_alone():
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
 
 
+def test_large_requests_are_drawn_in_chunks():
+    cvae = _vae(num_labels=3)
+    x, y = ppvae.augment(cvae, n=2500, labels=[2, 0])
+    assert x.shape == (2500, *SHAPE) and torch.equal(y, torch.tensor([2, 0]).repeat(1250))
+    source = torch.bernoulli(torch.full((3, *SHAPE), 0.5))
+    x, y = ppvae.augment(_vae(), mode="posterior", source=source, n=2100)
+    assert x.shape == (2100, *SHAPE) and y is None
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -167,6 +176,10 @@ def test_cvae_samples_are_recognised_as_their_class():
     x, y = ppvae.augment(cvae.eval(), n_per_class=50, output="mean", seed=0)
     # Measured 0.65-0.75 over seeds 0-2 with these settings; chance is 0.1.
     assert clf.score(x.flatten(1), y) >= 0.5
+    # a dataset as the source: its training split, labels carried over
+    x, y = ppvae.augment(cvae, mode="posterior", source=ds, output="mean")
+    assert x.shape == ds.train.shape and torch.equal(y, ds.train_labels)
+    assert clf.score(x.flatten(1), y) >= 0.8  # neighbours of real digits stay recognisable
 
 
 # ----------------------------------------------------------------------- command line
