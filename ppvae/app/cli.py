@@ -212,12 +212,14 @@ def _add_augment(sub: Any) -> None:
     """The ``ppvae augment`` subcommand."""
     p = sub.add_parser("augment", help="an augmented dataset (.npz) from a trained run")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--n-per-class", type=int, default=None, help="examples per class")
-    p.add_argument("--n", type=int, default=None, help="examples in all (instead)")
-    p.add_argument("--labels", default=None, help="classes to generate, e.g. 0,3,7")
+    p.add_argument("--n-per-class", type=int, default=None, metavar="N", help="per class")
+    p.add_argument("--n", type=int, default=None, metavar="N", help="in all (instead)")
+    p.add_argument("--labels", default=None, metavar="0,3,7", help="classes to generate")
     p.add_argument("--mode", default="prior", choices=("prior", "posterior"))
     p.add_argument("--source", default=None, metavar="DATA", help="data to encode (posterior)")
-    p.add_argument("--temperature", type=float, default=1.0, help="posterior spread (0..1)")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, metavar="T", help="posterior spread (0..1)"
+    )
     p.add_argument("--output", default="sample", choices=("sample", "mean"))
     p.add_argument("--out", required=True, metavar="FILE.npz")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
