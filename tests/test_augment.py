@@ -235,6 +235,7 @@ def test_cli_writes_a_dataset_that_load_dataset_reads_back(runs, tmp_path, capsy
         ("cond", ["--n-per-class", "0"], "--n-per-class must be at least 1"),
         ("cond", ["--n", "-3"], "--n must be at least 1"),
         ("cond", ["--mode", "posterior", "--n", "2"], "--source"),
+        ("cond", ["--mode", "posterior", "--source", "UNLABELLED", "--n", "2"], "no labels"),
         ("cond", ["--n-per-class", "2", "--out-suffix", ".csv"], ".npz"),
         ("cond", ["--n-per-class", "2", "--exists"], "--force"),
     ],
@@ -249,11 +250,15 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(
     if "--exists" in args:
         out.write_bytes(b"old")
         args = args[:-1]
+    if "UNLABELLED" in args:
+        unlabelled = tmp_path / "unlabelled.npy"
+        np.save(unlabelled, np.zeros((3, 1, 8, 8)))
+        args = [str(unlabelled) if a == "UNLABELLED" else a for a in args]
     before = sorted(p.name for p in tmp_path.iterdir())
     status, _, err = _cli(capsys, "augment", runs[run], *args, "--out", out)
     assert status == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ppvae: error: ") and fragment in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
-    if "--exists" in fragment or fragment == "--force":
+    if fragment == "--force":  # the existing file is left as it was
         assert out.read_bytes() == b"old"

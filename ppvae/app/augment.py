@@ -3,7 +3,7 @@
 Writes ``FILE.npz`` with arrays ``x`` (the generated examples on the data's scale) and
 ``y`` (their labels, when there are any), which :func:`ppvae.load_dataset` reads like any
 other array file, and ``FILE.png`` beside it with a grid of the first examples (image
-data only). Every user mistake is caught before anything is written.
+data only; replaced if present). Every user mistake is caught before anything is written.
 """
 
 from __future__ import annotations
@@ -143,6 +143,11 @@ def augment_run(
     cfg, vae = load_model(run_dir)
     _check_model(vae, mode, n_per_class, labels, temperature)
     src = None if source is None else _read_source(source, cfg, vae.event_shape)
+    if src is not None and src[1] is None and getattr(vae, "num_labels", None) is not None:
+        raise UserError(
+            f"--source {source} has no labels, which the run's conditional model needs to "
+            "encode it: give a file with a y array (or column) of labels"
+        )
     if src is not None and src[1] is None and (n_per_class is not None or labels):
         raise UserError(
             f"--source {source} has no labels, so --n-per-class and --labels do not apply: "

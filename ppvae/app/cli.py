@@ -2,7 +2,7 @@
 
 This is the only module that parses arguments; the work is done by the command modules
 of :mod:`ppvae.app` (``train``, ``evaluate``, ``bdmc``, ``sample``, ``score``, ``report``,
-``demo``), which read and write run folders through :mod:`ppvae.app.rundir`. A user
+``demo``, ``augment``), which read and write run folders through :mod:`ppvae.app.rundir`. A user
 error (a bad value, a missing file, data the model cannot take) is printed as one line,
 ``ppvae: error: <problem>: <fix>``, with exit status 2; anything else keeps its
 traceback, since it is a bug to report.
