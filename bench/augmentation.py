@@ -23,7 +23,7 @@ interval (mean ± t₀.₉₇₅,ₙ₋₁ s / √n), and so is the paired diffe
 uses the same small set for every condition, so the difference removes the luck of the
 draw of the small set).
 
-    .venv/bin/python -m bench.augmentation              # 10 seeds, about 4 minutes on one core
+    .venv/bin/python -m bench.augmentation              # 10 seeds, about 3 minutes on one core
     .venv/bin/python -m bench.augmentation --seeds 3 --epochs 100   # a quick look
 """
 
