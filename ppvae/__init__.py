@@ -6,6 +6,7 @@ The public API is a short curated list; everything else lives in the submodules
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ppvae.augment import augment
 from ppvae.data import Dataset, load_dataset
 from ppvae.inference import (
     IWAE_ELBO,
@@ -52,4 +53,5 @@ __all__ = [
     "TrainingDivergedError",
     "save",
     "load",
+    "augment",
 ]

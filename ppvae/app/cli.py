@@ -1,8 +1,8 @@
-"""The ``ppvae`` command: train, evaluate, bdmc, sample, compare, score, report, demo.
+"""The ``ppvae`` command: train, evaluate, bdmc, sample, compare, score, report, demo, augment.
 
 This is the only module that parses arguments; the work is done by the command modules
 of :mod:`ppvae.app` (``train``, ``evaluate``, ``bdmc``, ``sample``, ``score``, ``report``,
-``demo``), which read and write run folders through :mod:`ppvae.app.rundir`. A user
+``demo``, ``augment``), which read and write run folders through :mod:`ppvae.app.rundir`. A user
 error (a bad value, a missing file, data the model cannot take) is printed as one line,
 ``ppvae: error: <problem>: <fix>``, with exit status 2; anything else keeps its
 traceback, since it is a bug to report.
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_report(sub)
     _add_demo(sub)
+    _add_augment(sub)
     return parser
 
 
@@ -205,6 +206,25 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--download", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_demo)
+
+
+def _add_augment(sub: Any) -> None:
+    """The ``ppvae augment`` subcommand."""
+    p = sub.add_parser("augment", help="an augmented dataset (.npz) from a trained run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--n-per-class", type=int, default=None, metavar="N", help="per class")
+    p.add_argument("--n", type=int, default=None, metavar="N", help="in all (instead)")
+    p.add_argument("--labels", default=None, metavar="0,3,7", help="classes to generate")
+    p.add_argument("--mode", default="prior", choices=("prior", "posterior"))
+    p.add_argument("--source", default=None, metavar="DATA", help="data to encode (posterior)")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, metavar="T", help="posterior spread (0..1)"
+    )
+    p.add_argument("--output", default="sample", choices=("sample", "mean"))
+    p.add_argument("--out", required=True, metavar="FILE.npz")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_augment)
 
 
 def _echo(quiet: bool) -> Any:
@@ -348,6 +368,30 @@ def _demo(args: argparse.Namespace) -> int:
         download=args.download,
         progress=not args.quiet,
     )
+    return 0
+
+
+def _augment(args: argparse.Namespace) -> int:
+    from ppvae.app.augment import augment_run, parse_labels
+
+    _headless()
+    r = augment_run(
+        args.run_dir,
+        out=args.out,
+        n_per_class=args.n_per_class,
+        n=args.n,
+        labels=parse_labels(args.labels),
+        mode=args.mode,
+        source=args.source,
+        temperature=args.temperature,
+        output=args.output,
+        seed=args.seed,
+        force=args.force,
+    )
+    classes = "" if r["classes"] is None else f", classes {r['classes']}"
+    print(f"wrote {r['num_examples']} examples{classes} to {r['out']}")
+    if r["grid"] is not None:
+        print(f"grid of the first examples: {r['grid']}")
     return 0
 
 
