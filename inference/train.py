@@ -39,10 +39,12 @@ from ppvae.inference.resume import save_run
 from ppvae.inference.rng import derive_seeds, seeded
 from ppvae.inference.scaling import kl_weight
 from ppvae.inference.step import TrainingDivergedError, train_step, validation_elbo
+from ppvae.models.programs import local_params_method
 
 __all__ = ["fit", "train_epoch", "end_epoch"]
 
 
+@local_params_method
 def fit(
     vae: Any,
     train: torch.Tensor | TrainingData,

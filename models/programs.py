@@ -1,0 +1,114 @@
+"""Pyro programs that are methods of a ``PyroModule``, under either of Pyro's parameter modes.
+
+Pyro has two ways of holding the parameters of a ``PyroModule``
+(``pyro.settings.get("module_local_params")``):
+
+* the default, global mode: while a module's Pyro context is active, reading a parameter
+  issues ``pyro.param`` (or ``pyro.module`` for a plain ``nn.Module`` child) and registers
+  the tensor in Pyro's global param store. ``pyro.infer.SVI`` finds the parameters to step
+  through those statements (``poutine.trace(param_only=True)``) and ``pyro.optim`` names
+  them through the store, so this is the mode of Pyro's classic SVI idiom;
+* module-local mode: parameters stay in their modules and are trained with ``torch.optim``
+  over ``module.parameters()``. Two models built in one process never share a parameter
+  by name. Pyro's ``SVI`` does not work in it (its ``pyro.optim`` needs the store).
+
+ppvae sets neither mode globally. Its own entry points (training, estimators, the models'
+tools such as ``sample``) run inside :func:`local_params`, so they never read or write the
+global store; ``model`` and ``guide`` methods decorated with :func:`program` run inside the
+owning module's Pyro context, so that under the global mode every parameter they read is
+registered and ``pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam(...), elbo)`` trains
+all of them. :class:`ProgramModule` creates its Pyro context in module-local mode, the
+only mode in which Pyro gives the context the parameter cache module-local mode needs, so
+that a module built under either mode can later be used under either.
+
+References
+----------
+Pyro's ``pyro/nn/module.py`` (``PyroModule``, ``_Context``) and ``pyro/infer/svi.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pyro
+from pyro.nn import PyroModule
+from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.trace_messenger import TraceMessenger
+
+__all__ = [
+    "ProgramModule",
+    "local_params",
+    "local_params_method",
+    "program",
+    "LOCAL_SVI_REFUSAL",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+LOCAL_SVI_REFUSAL = (
+    "pyro.infer.SVI steps pyro.optim optimizers over Pyro's global param store, but "
+    "pyro.settings module_local_params=True keeps parameters in their modules: run SVI with "
+    "module_local_params=False (Pyro's default), or train with ppvae.fit or a torch.optim "
+    "optimizer over vae.parameters()"
+)
+
+
+def local_params() -> contextlib.AbstractContextManager[None]:
+    """Run a block with Pyro's module-local parameters, restoring the caller's mode after."""
+    return pyro.settings.context(module_local_params=True)
+
+
+def local_params_method(method: F) -> F:
+    """Decorate a method (or function) to run under :func:`local_params`."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with local_params():
+            return method(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _param_capture_active() -> bool:
+    # pyro.infer.SVI.step wraps the objective in poutine.trace(param_only=True) to collect
+    # the parameters it steps; nothing else in ppvae does.
+    return any(isinstance(h, TraceMessenger) and h.param_only for h in _PYRO_STACK)
+
+
+def program(method: F) -> F:
+    """Decorate a ``model``/``guide`` method of a ``PyroModule`` (see the module doc).
+
+    Under the global mode the method runs inside the module's Pyro context, so every
+    parameter it reads is registered in the param store (Pyro's ``SVI`` finds them there).
+    Under module-local mode it runs as it is; if ``pyro.infer.SVI`` is collecting
+    parameters then, it raises ``RuntimeError`` with :data:`LOCAL_SVI_REFUSAL`, since
+    ``pyro.optim`` cannot step parameters outside the store.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: PyroModule, *args: Any, **kwargs: Any) -> Any:
+        if pyro.settings.get("module_local_params"):
+            if _param_capture_active():
+                raise RuntimeError(LOCAL_SVI_REFUSAL)
+            return method(self, *args, **kwargs)
+        with self._pyro_context:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ProgramModule(PyroModule):
+    """A ``PyroModule`` usable under both parameter modes, whichever was on when it was built.
+
+    Pyro gives a module's context its module-local parameter cache only when that mode is on
+    at construction; building the context inside :func:`local_params` always gives it one.
+    (The cache is unused under the global mode.) Sub-``PyroModule`` s assigned as
+    attributes share their parent's context, so the root's is the one that matters.
+    """
+
+    def __init__(self, name: str = "") -> None:
+        with local_params():
+            super().__init__(name)
