@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ppvae.inference.batches import TrainingData
 from ppvae.inference.history import History
+from ppvae.inference.objectives import check_objective
 from ppvae.inference.options import FitOptions
 from ppvae.inference.prepare import TrainingRun, check_model_once, prepare
 from ppvae.inference.resume import save_run
@@ -157,6 +158,7 @@ def fit(
         patience=patience,
         progress=progress,
     )
+    check_objective(vae, elbo)
     loader_seed, sampling_seed = derive_seeds(seed, 2)
     with seeded(sampling_seed):
         run = prepare(

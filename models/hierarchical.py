@@ -57,6 +57,9 @@ class TwoLayerVAE(VAE):
     (two-layer architecture: 200-200 hidden units, 100 and 50 latent units, tanh).
     """
 
+    #: The guide draws z2 given z1, so TraceMeanField_ELBO's closed-form KLs do not apply.
+    mean_field = False
+
     def __init__(
         self,
         event_shape: Sequence[int],

@@ -44,6 +44,7 @@ __all__ = [
     "local_params_method",
     "program",
     "LOCAL_SVI_REFUSAL",
+    "ParamModeError",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,6 +55,14 @@ LOCAL_SVI_REFUSAL = (
     "module_local_params=False (Pyro's default), or train with ppvae.fit or a torch.optim "
     "optimizer over vae.parameters()"
 )
+
+
+class ParamModeError(Exception):
+    """Pyro's parameter mode does not allow the call (the message says what to do instead).
+
+    Deliberately neither a ``ValueError`` nor a ``RuntimeError``: Pyro's trace handler
+    appends a table of trace shapes to those, and this message is one line.
+    """
 
 
 def local_params() -> contextlib.AbstractContextManager[None]:
@@ -84,7 +93,7 @@ def program(method: F) -> F:
     Under the global mode the method runs inside the module's Pyro context, so every
     parameter it reads is registered in the param store (Pyro's ``SVI`` finds them there).
     Under module-local mode it runs as it is; if ``pyro.infer.SVI`` is collecting
-    parameters then, it raises ``RuntimeError`` with :data:`LOCAL_SVI_REFUSAL`, since
+    parameters then, it raises :class:`ParamModeError` with :data:`LOCAL_SVI_REFUSAL`, since
     ``pyro.optim`` cannot step parameters outside the store.
     """
 
@@ -92,7 +101,7 @@ def program(method: F) -> F:
     def wrapper(self: PyroModule, *args: Any, **kwargs: Any) -> Any:
         if pyro.settings.get("module_local_params"):
             if _param_capture_active():
-                raise RuntimeError(LOCAL_SVI_REFUSAL)
+                raise ParamModeError(LOCAL_SVI_REFUSAL)
             return method(self, *args, **kwargs)
         with self._pyro_context:
             return method(self, *args, **kwargs)

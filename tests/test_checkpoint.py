@@ -25,8 +25,8 @@ from ppvae.inference.checkpoint import (
 from ppvae.inference.digest import state_digest
 from ppvae.inference.history import History
 from ppvae.inference.rng import rng_state, set_rng_state
-from ppvae.models.priors import LearnedNormal, StandardNormal
 from ppvae.models.hierarchical import TwoLayerVAE
+from ppvae.models.priors import LearnedNormal, StandardNormal
 from ppvae.models.vae import VAE
 
 
