@@ -17,6 +17,7 @@ from ppvae.inference import (
     TrainingDivergedError,
     ais_log_likelihood,
     bdmc,
+    checkpoint_digest,
     compare,
     fit,
     khat_summary,
@@ -52,4 +53,5 @@ __all__ = [
     "TrainingDivergedError",
     "save",
     "load",
+    "checkpoint_digest",
 ]

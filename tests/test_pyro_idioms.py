@@ -114,7 +114,7 @@ def test_svi_follows_the_loss_trajectory_of_fit(name, fit_elbo, svi_elbo):
         x,
         elbo=fit_elbo,
         num_particles=4 if name == "iwae" else 1,
-        optimizer=lambda params: torch.optim.Adam(params, lr=settings["lr"]),
+        optimizer="adam",  # torch.optim.Adam; pyro.optim.Adam wraps it per parameter
         progress=False,
         **settings,
     )
