@@ -33,7 +33,7 @@ from torch import nn
 from ppvae.inference.digest import check_sizes, seal, state_digest, verify
 from ppvae.inference.plaindata import differences, object_names, to_plain
 from ppvae.inference.rng import rng_state
-from ppvae.models import VAE, TwoLayerVAE
+from ppvae.models import VAE, LinearGaussianModel, LinearGuide, TwoLayerVAE
 
 __all__ = [
     "FORMAT",
@@ -53,7 +53,12 @@ FORMAT = "ppvae-checkpoint"
 VERSION = 3
 _READABLE = (2, VERSION)
 # Classes that load() can rebuild from their constructor arguments, by saved class name.
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"VAE": VAE, "TwoLayerVAE": TwoLayerVAE}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "VAE": VAE,
+    "TwoLayerVAE": TwoLayerVAE,
+    "LinearGaussianModel": LinearGaussianModel,
+    "LinearGuide": LinearGuide,
+}
 
 
 def save(

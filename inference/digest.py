@@ -28,6 +28,7 @@ __all__ = ["digest", "state_digest", "seal", "verify", "check_sizes", "SIZE_KEYS
 SIZE_KEYS = frozenset(
     {
         "event_shape",
+        "data_dim",
         "latent_dim",
         "latent_dims",
         "hidden",

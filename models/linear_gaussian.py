@@ -57,6 +57,9 @@ class LinearGaussianModel(ProgramModule):
     ) -> None:
         super().__init__()
         self.data_dim, self.latent_dim = int(data_dim), int(latent_dim)
+        # The sizes rebuild the model from a checkpoint; the initial values do not matter
+        # there (the saved state replaces them).
+        self.config = {"data_dim": self.data_dim, "latent_dim": self.latent_dim}
         if weight is None:
             weight = torch.randn(data_dim, latent_dim) / latent_dim**0.5
         self.weight = nn.Parameter(torch.as_tensor(weight).clone())
@@ -137,6 +140,7 @@ class LinearGuide(ProgramModule):
 
     def __init__(self, data_dim: int, latent_dim: int) -> None:
         super().__init__()
+        self.config = {"data_dim": int(data_dim), "latent_dim": int(latent_dim)}
         self.linear = nn.Linear(data_dim, latent_dim)
         self.scale_tril = PyroParam(torch.eye(latent_dim), constraint=constraints.lower_cholesky)
         self.latent_dim = latent_dim

@@ -26,6 +26,7 @@ from ppvae.inference.digest import state_digest
 from ppvae.inference.history import History
 from ppvae.inference.rng import rng_state, set_rng_state
 from ppvae.models.hierarchical import TwoLayerVAE
+from ppvae.models.linear_gaussian import LinearGaussianModel, LinearGuide
 from ppvae.models.priors import LearnedNormal, StandardNormal
 from ppvae.models.vae import VAE
 
@@ -264,6 +265,14 @@ def _tensor_payload(path) -> tuple[int, int]:
         f.seek(info.header_offset + 26)
         name_len, extra_len = struct.unpack("<HH", f.read(4))
     return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+@pytest.mark.parametrize("cls", [LinearGaussianModel, LinearGuide])
+def test_linear_gaussian_classes_round_trip(tmp_path, cls):
+    module = _perturb(cls(6, 2))
+    loaded = load(save(module, tmp_path / "m.pt"))
+    assert type(loaded) is cls and loaded.config == {"data_dim": 6, "latent_dim": 2}
+    assert all(torch.equal(a, b) for a, b in zip(module.parameters(), loaded.parameters()))
 
 
 def test_flipped_bytes_in_tensor_data_are_refused(tmp_path):
