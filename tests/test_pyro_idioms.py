@@ -204,8 +204,11 @@ _USER_SCRIPT = textwrap.dedent(
 
     def state():
         return {"pyro": {k: repr(v) for k, v in pyro.settings.get().items()},
+                "validation": pyro.infer.util.is_validation_enabled(),
                 "dtype": str(torch.get_default_dtype()), "threads": torch.get_num_threads(),
-                "grad": torch.is_grad_enabled()}
+                "grad": torch.is_grad_enabled(),
+                "deterministic": torch.are_deterministic_algorithms_enabled(),
+                "warning_filters": len(__import__("warnings").filters)}
 
     def train():
         pyro.clear_param_store()
@@ -217,7 +220,7 @@ _USER_SCRIPT = textwrap.dedent(
         losses = [svi.step(x, y) for _ in range(5)]
         return {"losses": losses, "store": sorted(pyro.get_param_store().keys())}
 
-    runs = {"before": state(), "without": train()}
+    runs = {"without": train(), "before": state()}
     import ppvae  # noqa: E402, F401
     runs.update(after=state(), with_ppvae=train())
     print(json.dumps(runs))
