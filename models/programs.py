@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pyro
+import torch
 from pyro.nn import PyroModule
 from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.trace_messenger import TraceMessenger
+from torch import nn
 
 __all__ = [
     "ProgramModule",
@@ -44,6 +46,8 @@ __all__ = [
     "local_params_method",
     "program",
     "LOCAL_SVI_REFUSAL",
+    "STORE_COLLISION",
+    "store_names",
     "ParamModeError",
 ]
 
@@ -87,6 +91,52 @@ def _param_capture_active() -> bool:
     return any(isinstance(h, TraceMessenger) and h.param_only for h in _PYRO_STACK)
 
 
+STORE_COLLISION = (
+    "Pyro's global param store holds another tensor under {name!r}, a parameter name of "
+    "this {cls} (a model of the same structure was trained with SVI in this process), so "
+    "SVI would step that tensor instead: call pyro.clear_param_store() before training "
+    "this model with SVI, or train it with ppvae.fit"
+)
+
+
+def store_names(root: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name in Pyro's param store, tensor) for each parameter a program of ``root`` reads.
+
+    ``PyroModule.__getattr__`` names a parameter of a ``PyroModule`` at path P ``P.name``
+    (a ``PyroParam`` without its ``_unconstrained`` suffix, its store value being the
+    unconstrained tensor), and a parameter of a plain ``nn.Module`` child c ``P.c$$$rest``
+    (``pyro.module``).
+    """
+    for path, module in root.named_modules():
+        if not isinstance(module, PyroModule):
+            continue
+        for name, tensor in module.named_parameters(recurse=False):
+            base = name.removesuffix("_unconstrained")
+            yield (f"{path}.{base}" if path else base), tensor
+        for child_name, child in module.named_children():
+            if isinstance(child, PyroModule):
+                continue
+            prefix = f"{path}.{child_name}" if path else child_name
+            for name, tensor in child.named_parameters():
+                yield f"{prefix}$$${name}", tensor
+
+
+def _check_store(root: nn.Module) -> None:
+    """Raise :class:`ParamModeError` if the store holds other tensors under ``root``'s names.
+
+    Under the global mode Pyro keys parameters by name: a second model of the same structure
+    would read (for ``PyroParam`` s, adopt) the first one's tensors, and SVI would train
+    those. Checked before the program runs, so nothing is adopted.
+    """
+    store = pyro.get_param_store()
+    for name, tensor in store_names(root):
+        if name in store:
+            held = store[name]
+            held = held.unconstrained() if hasattr(held, "unconstrained") else held
+            if held is not tensor:
+                raise ParamModeError(STORE_COLLISION.format(name=name, cls=type(root).__name__))
+
+
 def program(method: F) -> F:
     """Decorate a ``model``/``guide`` method of a ``PyroModule`` (see the module doc).
 
@@ -94,7 +144,10 @@ def program(method: F) -> F:
     parameter it reads is registered in the param store (Pyro's ``SVI`` finds them there).
     Under module-local mode it runs as it is; if ``pyro.infer.SVI`` is collecting
     parameters then, it raises :class:`ParamModeError` with :data:`LOCAL_SVI_REFUSAL`, since
-    ``pyro.optim`` cannot step parameters outside the store.
+    ``pyro.optim`` cannot step parameters outside the store. Under SVI in the global mode,
+    a store holding other tensors under this module's parameter names (another model of
+    the same structure trained before) raises :class:`ParamModeError` as well, before
+    anything is read from it.
     """
 
     @functools.wraps(method)
@@ -103,6 +156,8 @@ def program(method: F) -> F:
             if _param_capture_active():
                 raise ParamModeError(LOCAL_SVI_REFUSAL)
             return method(self, *args, **kwargs)
+        if _param_capture_active():
+            _check_store(self)
         with self._pyro_context:
             return method(self, *args, **kwargs)
 

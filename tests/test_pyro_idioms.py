@@ -19,7 +19,7 @@ import ppvae
 from ppvae.inference.batches import BatchLoader
 from ppvae.inference.rng import derive_seeds, seeded
 from ppvae.models import LinearGaussianModel, LinearGuide
-from ppvae.models.programs import LOCAL_SVI_REFUSAL, ParamModeError
+from ppvae.models.programs import LOCAL_SVI_REFUSAL, ParamModeError, store_names
 
 MODELS = {
     "vae": {},
@@ -71,6 +71,11 @@ def test_svi_with_pyro_optim_trains_every_parameter(name, elbo):
     assert all(isinstance(v, float) and torch.isfinite(torch.tensor(v)) for v in losses)
     unchanged = [k for k, p in vae.named_parameters() if torch.equal(p, before[k])]
     assert unchanged == []
+    # The collision check reads exactly the names SVI registered (and their tensors).
+    store = pyro.get_param_store()
+    names = dict(store_names(vae))
+    assert set(names) == set(store.keys())
+    assert all(store[k].unconstrained() is t for k, t in names.items())
 
 
 def test_svi_trains_the_linear_gaussian_model():
@@ -239,3 +244,21 @@ def test_import_ppvae_changes_no_global_setting():
     assert runs["before"] == runs["after"]
     assert runs["with_ppvae"] == runs["without"]  # losses bit for bit, the same store
     assert "linear.weight" in runs["without"]["store"]  # trained through the param store
+
+
+def test_svi_on_a_second_model_of_the_same_structure_needs_a_cleared_store():
+    first = _model({"prior": "learned_normal"})
+    SVI(first.model, first.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO()).step(*_data())
+    second = _model({"prior": "learned_normal"})
+    own = dict(second.named_parameters())
+    svi = SVI(second.model, second.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+
+    with pytest.raises(ParamModeError, match=r"pyro.clear_param_store\(\)") as err:
+        svi.step(*_data())
+    assert "\n" not in str(err.value)
+    assert all(p is own[k] for k, p in second.named_parameters())  # nothing adopted
+    pyro.clear_param_store()
+    before = {k: p.detach().clone() for k, p in second.named_parameters()}
+    svi.step(*_data())
+    assert all(not torch.equal(p, before[k]) for k, p in second.named_parameters())
+    svi.step(*_data())  # the store now holds the second model's own tensors
