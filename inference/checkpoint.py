@@ -6,13 +6,13 @@ file from elsewhere never unpickles arbitrary Python objects. Files are written 
 (a temporary file in the same folder, flushed and fsynced, then renamed over the target), so
 an interrupted save leaves the previous checkpoint intact.
 
-Every checkpoint records two SHA-256 digests (:mod:`ppvae.inference.digest`):
+Every checkpoint records two SHA-256 digests (:mod:`ppvae.inference.integrity`):
 ``model_digest``, of the model's ``state_dict`` (the identity of the weights, which
 :func:`checkpoint_digest` returns, e.g. for an evaluation to record which weights it
 measured), and ``digest``, of everything else in the file. :func:`load_checkpoint` verifies
 the second, so a file damaged after it was written is refused instead of loaded. Before a
 model is rebuilt from its stored arguments, those arguments are checked against the stored
-tensors' shapes (:func:`~ppvae.inference.digest.check_sizes`), so an edited file cannot make
+tensors' shapes (:func:`~ppvae.inference.integrity.check_sizes`), so an edited file cannot make
 the loader allocate a network far larger than the file.
 """
 
@@ -30,7 +30,7 @@ import pyro
 import torch
 from torch import nn
 
-from ppvae.inference.digest import check_sizes, seal, state_digest, verify
+from ppvae.inference.integrity import check_sizes, load_state, seal, state_digest, verify
 from ppvae.inference.plaindata import differences, object_names, to_plain
 from ppvae.inference.rng import rng_state
 from ppvae.models import VAE, LinearGaussianModel, LinearGuide, TwoLayerVAE
@@ -241,7 +241,7 @@ def restore_model(
                 f"{source} was saved from a {name} with other arguments ({'; '.join(changed)})"
                 ": build the model with the saved arguments"
             )
-    _load_state(model, checkpoint["model_state"], source)
+    load_state(model, checkpoint["model_state"], source)
     return model
 
 
@@ -274,33 +274,6 @@ def _rebuild(name: str, config: Any, state: Mapping[str, torch.Tensor], source: 
             f"cannot rebuild the {name} of {source} from its stored arguments ({err}); pass "
             "model= built by hand"
         ) from err
-
-
-def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    own = model.state_dict()
-    problems = []
-    if missing := sorted(set(own) - set(state)):
-        problems.append(f"missing {_some(missing)}")
-    if unexpected := sorted(set(state) - set(own)):
-        problems.append(f"unexpected {_some(unexpected)}")
-    shapes = [
-        f"{k} saved {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if own[k].shape != state[k].shape
-    ]
-    if shapes:
-        problems.append(f"shape mismatch {_some(shapes)}")
-    if problems:
-        raise ValueError(
-            f"the parameters in {source} do not fit the {type(model).__name__} "
-            f"({'; '.join(problems)}): build the model with the arguments it was saved with"
-        )
-    model.load_state_dict(state)
-
-
-def _some(items: list[str], n: int = 3) -> str:
-    more = f" and {len(items) - n} more" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
 
 
 def _corrupt(path: Path, err: BaseException) -> ValueError:

@@ -86,6 +86,8 @@ class VAE(ProgramModule):
     ``model`` and ``guide`` work with Pyro's ``SVI`` and ``pyro.optim`` (global param
     store) as well as with ``ppvae.fit`` and ``torch.optim``; the tools (``sample``,
     ``encode``, ...) never touch the global param store (:mod:`ppvae.models.programs`).
+    A subclass that overrides ``model`` or ``guide`` decorates it with
+    :func:`~ppvae.models.programs.program` to keep that.
     """
 
     def __init__(

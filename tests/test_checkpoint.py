@@ -22,8 +22,8 @@ from ppvae.inference.checkpoint import (
     save,
     seal,
 )
-from ppvae.inference.digest import state_digest
 from ppvae.inference.history import History
+from ppvae.inference.integrity import state_digest
 from ppvae.inference.rng import rng_state, set_rng_state
 from ppvae.models.hierarchical import TwoLayerVAE
 from ppvae.models.linear_gaussian import LinearGaussianModel, LinearGuide

@@ -1,4 +1,5 @@
-"""SHA-256 digests of checkpoint contents, and the sizes a file's tensors allow.
+"""Checks of a checkpoint's contents: SHA-256 digests, the sizes its tensors allow, and
+whether its tensors fit a model.
 
 A digest is taken over a canonical walk of the data: mappings in the order of their sorted
 keys, sequences in order, each tensor as its path, dtype, shape and raw bytes, each other
@@ -20,8 +21,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["digest", "state_digest", "seal", "verify", "check_sizes", "SIZE_KEYS"]
+__all__ = [
+    "digest",
+    "state_digest",
+    "seal",
+    "verify",
+    "check_sizes",
+    "load_state",
+    "SIZE_KEYS",
+]
 
 # Constructor arguments that set how large a network is (widths, counts of units, layers
 # and components). Each one is a dimension of some parameter tensor of the network it builds.
@@ -142,3 +152,37 @@ def check_sizes(config: Any, state: Mapping[str, torch.Tensor], source: str) -> 
                 "edited or damaged; refusing to build the network. Use a checkpoint written "
                 "by ppvae.save"
             )
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` after checking that its names and shapes fit.
+
+    Raises
+    ------
+    ValueError
+        Missing, unexpected or differently shaped tensors (one line, naming ``source``).
+    """
+    own = model.state_dict()
+    problems = []
+    if missing := sorted(set(own) - set(state)):
+        problems.append(f"missing {_some(missing)}")
+    if unexpected := sorted(set(state) - set(own)):
+        problems.append(f"unexpected {_some(unexpected)}")
+    shapes = [
+        f"{k} saved {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if own[k].shape != state[k].shape
+    ]
+    if shapes:
+        problems.append(f"shape mismatch {_some(shapes)}")
+    if problems:
+        raise ValueError(
+            f"the parameters in {source} do not fit the {type(model).__name__} "
+            f"({'; '.join(problems)}): build the model with the arguments it was saved with"
+        )
+    model.load_state_dict(state)
+
+
+def _some(items: list[str], n: int = 3) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
