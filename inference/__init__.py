@@ -11,7 +11,7 @@ from ppvae.inference.amortization import AmortizationGap, amortization_gap
 from ppvae.inference.annealed import ais_log_likelihood
 from ppvae.inference.batches import BatchLoader, TrainingData, binarize_once
 from ppvae.inference.bdmc import BDMCResult, bdmc
-from ppvae.inference.checkpoint import load, load_checkpoint, save
+from ppvae.inference.checkpoint import checkpoint_digest, load, load_checkpoint, save
 from ppvae.inference.compare import compare
 from ppvae.inference.diagnostics import (
     add_diagnostics,
@@ -75,4 +75,5 @@ __all__ = [
     "save",
     "load",
     "load_checkpoint",
+    "checkpoint_digest",
 ]

@@ -48,6 +48,7 @@ from torch import nn
 from ppvae.inference.importance import log_likelihood
 from ppvae.inference.rng import seeded
 from ppvae.inference.traces import trace_model_and_guide
+from ppvae.models.programs import local_params_method
 
 __all__ = ["AmortizationGap", "amortization_gap", "local_guide", "FAMILIES"]
 
@@ -237,6 +238,7 @@ def _mean_stderr(log_weights: torch.Tensor) -> torch.Tensor:
     return log_weights.std(-1) / math.sqrt(log_weights.shape[-1])
 
 
+@local_params_method
 def amortization_gap(
     model: Callable,
     guide: Callable,

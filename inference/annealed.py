@@ -30,10 +30,12 @@ from ppvae.inference.passes import PassRecord, batches, fingerprint, honest_stde
 from ppvae.inference.result import LogLikelihoodResult
 from ppvae.inference.rng import seeded
 from ppvae.inference.traces import global_latent_sites
+from ppvae.models.programs import local_params_method
 
 __all__ = ["ais_log_likelihood"]
 
 
+@local_params_method
 def ais_log_likelihood(
     model: Callable,
     guide: Callable,

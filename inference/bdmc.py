@@ -31,6 +31,7 @@ from ppvae.inference.ais import AISSettings, ais_log_weights
 from ppvae.inference.local_target import LocalTarget
 from ppvae.inference.rng import seeded
 from ppvae.inference.traces import _data_frame
+from ppvae.models.programs import local_params_method
 
 __all__ = ["BDMCResult", "bdmc", "simulate"]
 
@@ -77,6 +78,7 @@ class BDMCResult:
         )
 
 
+@local_params_method
 def simulate(
     model: Callable, x: torch.Tensor, *, data_plate: str = "data"
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -110,6 +112,7 @@ def simulate(
     return trace.nodes[names[0]]["value"].detach().reshape(x.shape), latents
 
 
+@local_params_method
 def bdmc(
     model: Callable,
     guide: Callable,

@@ -5,6 +5,15 @@ containers only, so it is read back with ``torch.load(..., weights_only=True)``:
 file from elsewhere never unpickles arbitrary Python objects. Files are written atomically
 (a temporary file in the same folder, flushed and fsynced, then renamed over the target), so
 an interrupted save leaves the previous checkpoint intact.
+
+Every checkpoint records two SHA-256 digests (:mod:`ppvae.inference.integrity`):
+``model_digest``, of the model's ``state_dict`` (the identity of the weights, which
+:func:`checkpoint_digest` returns, e.g. for an evaluation to record which weights it
+measured), and ``digest``, of everything else in the file. :func:`load_checkpoint` verifies
+the second, so a file damaged after it was written is refused instead of loaded. Before a
+model is rebuilt from its stored arguments, those arguments are checked against the stored
+tensors' shapes (:func:`~ppvae.inference.integrity.check_sizes`), so an edited file cannot make
+the loader allocate a network far larger than the file.
 """
 
 from __future__ import annotations
@@ -21,9 +30,10 @@ import pyro
 import torch
 from torch import nn
 
+from ppvae.inference.integrity import check_sizes, load_state, seal, state_digest, verify
 from ppvae.inference.plaindata import differences, object_names, to_plain
 from ppvae.inference.rng import rng_state
-from ppvae.models import VAE, TwoLayerVAE
+from ppvae.models import VAE, LinearGaussianModel, LinearGuide, TwoLayerVAE
 
 __all__ = [
     "FORMAT",
@@ -33,13 +43,22 @@ __all__ = [
     "load",
     "load_checkpoint",
     "restore_model",
+    "checkpoint_digest",
+    "seal",
 ]
 
 FORMAT = "ppvae-checkpoint"
 # 2: guide module attribute `q` renamed `guide_net`; constrained parameters stored unconstrained.
-VERSION = 2
+# 3: SHA-256 digests `model_digest` and `digest` (version 2 files still load, unverified).
+VERSION = 3
+_READABLE = (2, VERSION)
 # Classes that load() can rebuild from their constructor arguments, by saved class name.
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"VAE": VAE, "TwoLayerVAE": TwoLayerVAE}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "VAE": VAE,
+    "TwoLayerVAE": TwoLayerVAE,
+    "LinearGaussianModel": LinearGaussianModel,
+    "LinearGuide": LinearGuide,
+}
 
 
 def save(
@@ -75,12 +94,14 @@ def save(
     model_config = getattr(vae, "config", None)
     if history is not None and not isinstance(history, Mapping):
         history = history.to_dict()
+    state = vae.state_dict()
     checkpoint = {
         "format": FORMAT,
         "version": VERSION,
         "model_class": type(vae).__name__,
         "model_config": None if model_config is None else to_plain(model_config),
-        "model_state": vae.state_dict(),
+        "model_state": state,
+        "model_digest": state_digest(state),
         "optimizer_state": None if optimizer is None else optimizer.state_dict(),
         "history": None if history is None else dict(history),
         "rng_state": rng_state(),
@@ -92,6 +113,7 @@ def save(
             "pyro": pyro.__version__,
         },
     }
+    seal(checkpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.NamedTemporaryFile(
         dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
@@ -142,13 +164,26 @@ def load_checkpoint(
             f"{path} is not a ppvae checkpoint (no format tag {FORMAT!r}); write checkpoints "
             "with ppvae.inference.checkpoint.save"
         )
-    if checkpoint.get("version") != VERSION:
+    if checkpoint.get("version") not in _READABLE:
         written = checkpoint.get("versions", {}).get("ppvae", "unknown")
         raise ValueError(
             f"{path} has checkpoint format version {checkpoint.get('version')!r} but this "
             f"ppvae reads version {VERSION}; load it with the ppvae that wrote it ({written})"
         )
+    if checkpoint["version"] >= 3:
+        verify(checkpoint, path)
+    else:  # written before digests: nothing to verify; record the weights' digest now
+        checkpoint["model_digest"] = state_digest(checkpoint["model_state"])
     return checkpoint
+
+
+def checkpoint_digest(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 (hex) of the model weights in the checkpoint at ``path``, verified.
+
+    Equal for two files exactly when their models' ``state_dict`` s are equal, whatever
+    else (history, optimizer state) the files hold.
+    """
+    return str(load_checkpoint(path)["model_digest"])
 
 
 def load(
@@ -190,7 +225,7 @@ def restore_model(
     """Build (or check) the model of a loaded checkpoint and load its parameters into it."""
     name, saved_config = checkpoint["model_class"], checkpoint["model_config"]
     if model is None:
-        model = _rebuild(name, saved_config, source)
+        model = _rebuild(name, saved_config, checkpoint["model_state"], source)
         if map_location is not None:
             model = model.to(map_location)
     else:
@@ -206,11 +241,11 @@ def restore_model(
                 f"{source} was saved from a {name} with other arguments ({'; '.join(changed)})"
                 ": build the model with the saved arguments"
             )
-    _load_state(model, checkpoint["model_state"], source)
+    load_state(model, checkpoint["model_state"], source)
     return model
 
 
-def _rebuild(name: str, config: Any, source: str) -> nn.Module:
+def _rebuild(name: str, config: Any, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
     if name not in MODEL_CLASSES or config is None:
         raise ValueError(
             f"{source} holds a {name} that cannot be rebuilt from stored arguments: pass "
@@ -223,40 +258,22 @@ def _rebuild(name: str, config: Any, source: str) -> nn.Module:
             f"rebuilt from stored arguments: pass model= (a freshly built {name} of the same "
             "structure)"
         )
+    # The class is stored beside the arguments; a copy inside them (TwoLayerVAE's config
+    # names its class) is not a constructor argument.
+    kwargs = {k: v for k, v in config.items() if k != "class"}
+    if config.get("class", name) != name:
+        raise ValueError(
+            f"{source} is inconsistent: it holds a {name} whose arguments name the class "
+            f"{config['class']!r}; use a checkpoint written by ppvae.save"
+        )
+    check_sizes(kwargs, state, source)
     try:
-        return MODEL_CLASSES[name](**config)
+        return MODEL_CLASSES[name](**kwargs)
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"cannot rebuild the {name} of {source} from its stored arguments ({err}); pass "
             "model= built by hand"
         ) from err
-
-
-def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    own = model.state_dict()
-    problems = []
-    if missing := sorted(set(own) - set(state)):
-        problems.append(f"missing {_some(missing)}")
-    if unexpected := sorted(set(state) - set(own)):
-        problems.append(f"unexpected {_some(unexpected)}")
-    shapes = [
-        f"{k} saved {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if own[k].shape != state[k].shape
-    ]
-    if shapes:
-        problems.append(f"shape mismatch {_some(shapes)}")
-    if problems:
-        raise ValueError(
-            f"the parameters in {source} do not fit the {type(model).__name__} "
-            f"({'; '.join(problems)}): build the model with the arguments it was saved with"
-        )
-    model.load_state_dict(state)
-
-
-def _some(items: list[str], n: int = 3) -> str:
-    more = f" and {len(items) - n} more" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
 
 
 def _corrupt(path: Path, err: BaseException) -> ValueError:

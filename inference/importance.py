@@ -49,6 +49,7 @@ from ppvae.inference.refine import RefineSettings
 from ppvae.inference.result import LogLikelihoodResult
 from ppvae.inference.rng import seeded
 from ppvae.inference.weights import GLOBAL_SITES
+from ppvae.models.programs import local_params_method
 
 __all__ = ["log_likelihood", "summarise_log_weights"]
 
@@ -84,6 +85,7 @@ def _check_args(
         raise ValueError(f"diagnostics must be 'psis', None or a callable, got {diagnostics!r}")
 
 
+@local_params_method
 def log_likelihood(
     model: Callable,
     guide: Callable,

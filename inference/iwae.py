@@ -32,100 +32,29 @@ Monte Carlo Objectives", ICLR (arXiv 2018).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from pyro import poutine
+from pyro.infer.elbo import ELBO
 from pyro.poutine.util import site_is_subsample
-from torch import nn
 
+from ppvae.inference.iwae_terms import IWAEModule, IWAETerms, local_latents
 from ppvae.inference.traces import checked_traces, replay, trace_guide
 from ppvae.inference.weights import SiteLogProbs, site_log_probs
 
 __all__ = ["IWAE_ELBO", "IWAETerms", "IWAEModule"]
 
 
-@dataclass
-class IWAETerms:
-    """The pieces of one outer particle of the bound.
-
-    Attributes
-    ----------
-    model_local, guide_local
-        log p(x_n, z_nk | θ) and log q(z_nk | x_n, θ) (unscaled), shape ``(K, B)``.
-    global_term
-        log p(θ) − log q(θ) (0-dim tensor; sites' scales applied).
-    scale
-        The data plate's scale s (N/B under subsampling).
-    model_trace, guide_trace
-        The traces the terms were read from (the guide's global sites have a particle
-        dimension of size 1: one draw shared by the particles).
-    """
-
-    model_local: torch.Tensor
-    guide_local: torch.Tensor
-    global_term: torch.Tensor
-    scale: float
-    model_trace: poutine.Trace
-    guide_trace: poutine.Trace
-
-    @property
-    def log_weights(self) -> torch.Tensor:
-        """Per-datapoint log-weights given θ, shape ``(K, B)``."""
-        return self.model_local - self.guide_local
-
-    def bound(self) -> torch.Tensor:
-        """log p(θ)/q(θ) + Σ_n s · [logsumexp_k log w_nk − log K]."""
-        lw = self.log_weights
-        per_datapoint = torch.logsumexp(lw, dim=0) - math.log(lw.shape[0])
-        return self.global_term + self.scale * per_datapoint.sum()
-
-
-def _owner(fn: Callable) -> nn.Module | None:
-    owner = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
-    return owner if isinstance(owner, nn.Module) else None
-
-
-class IWAEModule(nn.Module):
-    """A (model, guide) pair fixed to an :class:`IWAE_ELBO`, like Pyro's ``ELBOModule``.
-
-    Its ``parameters()`` are those of the modules owning the model and the guide (the
-    objects of bound methods, or the callables themselves when they are modules), and
-    ``forward(*args, **kwargs)`` returns the differentiable loss.
-    """
-
-    def __init__(self, model: Callable, guide: Callable, elbo: IWAE_ELBO) -> None:
-        super().__init__()
-        owners: list[nn.Module] = []
-        for fn in (model, guide):
-            owner = _owner(fn)
-            if owner is not None and all(owner is not o for o in owners):
-                owners.append(owner)
-        self.owners = nn.ModuleList(owners)
-        # Plain attributes: the callables may be bound methods of the owners above.
-        self.__dict__["model_fn"], self.__dict__["guide_fn"] = model, guide
-        self.elbo = elbo
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.elbo.differentiable_loss(self.model_fn, self.guide_fn, *args, **kwargs)
-
-
-def _local_latents(trace: poutine.Trace, data_plate: str) -> dict[str, dict[str, Any]]:
-    return {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and not site_is_subsample(site)
-        and any(f.name == data_plate for f in site["cond_indep_stack"])
-    }
-
-
-class IWAE_ELBO:
+class IWAE_ELBO(ELBO):
     """Importance-weighted bound with a per-datapoint log-sum-exp (see the module doc).
+
+    A ``pyro.infer.ELBO``: ``pyro.infer.SVI(model, guide, optim, IWAE_ELBO(8))`` trains
+    with it (``loss_and_grads``), ``differentiable_loss`` serves ``torch.optim`` loops such
+    as ``ppvae.fit``, and ``IWAE_ELBO(8)(model, guide)`` fixes the pair as a module
+    (:class:`~ppvae.inference.iwae_terms.IWAEModule`, Pyro's ``ELBOModule`` that also
+    lists the parameters of the modules owning ``model`` and ``guide``).
 
     Parameters
     ----------
@@ -165,9 +94,15 @@ class IWAE_ELBO:
             raise ValueError(
                 f"num_particles and num_outer must be at least 1, got {num_particles}, {num_outer}"
             )
-        self.num_particles, self.num_outer = int(num_particles), int(num_outer)
-        self.dreg, self.data_plate = bool(dreg), data_plate
-        self.max_plate_nesting = int(max_plate_nesting)
+        # The particles are vectorised by this class's own tracing (inference/traces.py),
+        # not by ELBO._get_traces, so the base class must not add a particle dimension to
+        # max_plate_nesting (it does when vectorize_particles=True).
+        super().__init__(
+            num_particles=int(num_particles),
+            max_plate_nesting=int(max_plate_nesting),
+            vectorize_particles=False,
+        )
+        self.num_outer, self.dreg, self.data_plate = int(num_outer), bool(dreg), data_plate
 
     # ------------------------------------------------------------------ terms
     def _split(self, trace: poutine.Trace, latent_only: bool) -> SiteLogProbs:
@@ -242,6 +177,13 @@ class IWAE_ELBO:
         )
         return self._terms(model_trace, guide_trace)
 
+    def _get_trace(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict
+    ) -> tuple[poutine.Trace, poutine.Trace]:
+        """Model and guide traces of one outer particle (``ELBO``'s abstract hook)."""
+        terms = self.particle_terms(model, guide, *args, **kwargs)
+        return terms.model_trace, terms.guide_trace
+
     # ------------------------------------------------------------------ DReG
     def _dreg_surrogate(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict
@@ -258,7 +200,7 @@ class IWAE_ELBO:
         # parameters (ppvae's VAE is one module with both programs).
         opts = {"max_plate_nesting": self.max_plate_nesting}
         guide_trace = self._guide_trace(guide, args, kwargs)
-        live = _local_latents(guide_trace, self.data_plate)
+        live = local_latents(guide_trace, self.data_plate)
         leaf_trace = guide_trace.copy()
         leaves = {}
         for name, site in live.items():
@@ -304,10 +246,12 @@ class IWAE_ELBO:
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """Backpropagate the loss (Pyro's ``SVI`` interface) and return its value."""
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward(retain_graph=self.retain_graph)
         return float(loss.detach())
 
     def __call__(self, model: Callable, guide: Callable) -> IWAEModule:
+        """The pair as a module whose ``forward`` is the differentiable loss (see above)."""
         return IWAEModule(model, guide, self)
 
     def __repr__(self) -> str:

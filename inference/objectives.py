@@ -21,7 +21,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from ppvae.inference.iwae import IWAE_ELBO
 
-__all__ = ["make_elbo"]
+__all__ = ["make_elbo", "check_objective"]
 
 _JIT_REFUSAL = (
     "elbo={!r} cannot train ppvae models: Pyro's JIT objectives compile with "
@@ -59,3 +59,25 @@ def make_elbo(elbo: str | Any, num_particles: int = 1) -> Any:
     if elbo in ("jit_trace", "jit_meanfield"):
         raise ValueError(_JIT_REFUSAL.format(elbo))
     raise ValueError(f"unknown elbo {elbo!r}: use 'trace', 'meanfield' or 'iwae'")
+
+
+def check_objective(vae: Any, elbo: str | Any) -> None:
+    """Refuse an objective that cannot train ``vae``, saying why and what to use instead.
+
+    ``TraceMeanField_ELBO`` takes the KL of each latent site in closed form, which is valid
+    only for a guide whose latent sites are independent of each other; a model that
+    declares ``mean_field = False`` (:class:`~ppvae.models.hierarchical.TwoLayerVAE`,
+    whose guide draws z2 given z1) cannot be trained with it.
+
+    Raises
+    ------
+    ValueError
+        One line naming the model, the reason and the objectives that work.
+    """
+    meanfield = elbo == "meanfield" or isinstance(elbo, TraceMeanField_ELBO)
+    if meanfield and not getattr(vae, "mean_field", True):
+        raise ValueError(
+            f"elbo='meanfield' cannot train a {type(vae).__name__}: TraceMeanField_ELBO needs "
+            "a guide whose latent sites are independent, and this guide draws z2 given z1; "
+            "use elbo='trace' or elbo='iwae'"
+        )

@@ -33,6 +33,7 @@ from pyro.infer import MCMC, NUTS
 
 from ppvae.inference.diagnostics import mcmc_summary
 from ppvae.inference.rng import seeded
+from ppvae.models.programs import local_params_method
 
 __all__ = ["NutsCheck", "nuts_check", "gaussian_w2"]
 
@@ -113,6 +114,7 @@ def _guide_draws(guide: Callable, args: tuple, site: str, n: int) -> torch.Tenso
     return fn.sample((n,))
 
 
+@local_params_method
 def nuts_check(
     model: Callable,
     guide: Callable,

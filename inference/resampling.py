@@ -41,6 +41,7 @@ from ppvae.inference.result import LogLikelihoodResult
 from ppvae.inference.rng import seeded
 from ppvae.inference.traces import trace_model_and_guide
 from ppvae.inference.weights import site_log_probs
+from ppvae.models.programs import local_params_method
 
 if TYPE_CHECKING:  # pragma: no cover
     import arviz as az
@@ -183,6 +184,7 @@ def importance_resample(
     return particles.z[idx, cols], particles.log_likelihood[idx, cols]
 
 
+@local_params_method
 def inference_data(
     model: Callable,
     guide: Callable,

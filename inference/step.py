@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ppvae.inference.batches import BatchLoader
+from ppvae.models.programs import local_params_method
 
 __all__ = [
     "StepInfo",
@@ -123,6 +124,7 @@ def train_step(
 
 
 @torch.no_grad()
+@local_params_method
 def validation_elbo(
     objective: Any,
     vae: Any,

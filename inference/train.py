@@ -33,16 +33,19 @@ from tqdm import tqdm
 
 from ppvae.inference.batches import TrainingData
 from ppvae.inference.history import History
+from ppvae.inference.objectives import check_objective
 from ppvae.inference.options import FitOptions
 from ppvae.inference.prepare import TrainingRun, check_model_once, prepare
 from ppvae.inference.resume import save_run
 from ppvae.inference.rng import derive_seeds, seeded
 from ppvae.inference.scaling import kl_weight
 from ppvae.inference.step import TrainingDivergedError, train_step, validation_elbo
+from ppvae.models.programs import local_params_method
 
 __all__ = ["fit", "train_epoch", "end_epoch"]
 
 
+@local_params_method
 def fit(
     vae: Any,
     train: torch.Tensor | TrainingData,
@@ -155,6 +158,7 @@ def fit(
         patience=patience,
         progress=progress,
     )
+    check_objective(vae, elbo)
     loader_seed, sampling_seed = derive_seeds(seed, 2)
     with seeded(sampling_seed):
         run = prepare(

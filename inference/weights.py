@@ -33,6 +33,7 @@ import torch
 from pyro import poutine
 
 from ppvae.inference.traces import _data_frame, trace_model_and_guide
+from ppvae.models.programs import local_params_method
 
 # The estimands of log_likelihood when a model has latent sites outside the data plate.
 GLOBAL_SITES = ("heldout", "prior_predictive", "error")
@@ -149,6 +150,7 @@ def _data_size(trace: poutine.Trace, data_plate: str) -> int:
     raise AssertionError("unreachable: traces are checked for a data plate")
 
 
+@local_params_method
 def per_datapoint_log_weights(
     model: Callable,
     guide: Callable,

@@ -3,26 +3,23 @@
 The registries of components by name (:data:`PRIORS`, :data:`LIKELIHOODS`,
 :data:`GUIDES`, :data:`ENCODERS`, :data:`DECODERS`) and :func:`build` live in
 :mod:`ppvae.models.registry`, which imports every component module first.
+
+Importing this package changes no global Pyro setting: see :mod:`ppvae.models.programs`
+for how the models work both under Pyro's global param store (``pyro.infer.SVI``) and with
+module-local parameters (ppvae's own entry points).
 """
 
-import pyro
-
-# Parameters live in their modules, not in Pyro's global store, so that two models
-# can be built and trained in one process (Pyro's recommended setting for
-# PyTorch-style training).
-pyro.settings.set(module_local_params=True)
-
-from ppvae.models.constraints import softplus_greater_than  # noqa: E402
-from ppvae.models.distributions import DiscretizedLogistic  # noqa: E402
-from ppvae.models.flows import FlowGuide, IAFGuide, SplineFlowGuide  # noqa: E402
-from ppvae.models.guides import (  # noqa: E402
+from ppvae.models.constraints import softplus_greater_than
+from ppvae.models.distributions import DiscretizedLogistic
+from ppvae.models.flows import FlowGuide, IAFGuide, SplineFlowGuide
+from ppvae.models.guides import (
     DiagonalNormalGuide,
     FullRankNormalGuide,
     Guide,
     LowRankNormalGuide,
 )
-from ppvae.models.hierarchical import TwoLayerVAE  # noqa: E402
-from ppvae.models.likelihoods import (  # noqa: E402
+from ppvae.models.hierarchical import TwoLayerVAE
+from ppvae.models.likelihoods import (
     BernoulliLikelihood,
     BinomialLikelihood,
     ContinuousBernoulliLikelihood,
@@ -30,18 +27,18 @@ from ppvae.models.likelihoods import (  # noqa: E402
     Likelihood,
     PoissonLikelihood,
 )
-from ppvae.models.linear_gaussian import (  # noqa: E402
+from ppvae.models.linear_gaussian import (
     LinearGaussianModel,
     LinearGuide,
     PosteriorGuide,
     ppca_max_log_likelihood,
 )
-from ppvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: E402
-from ppvae.models.pixel_likelihoods import (  # noqa: E402
+from ppvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from ppvae.models.pixel_likelihoods import (
     CategoricalLikelihood,
     DiscretizedLogisticLikelihood,
 )
-from ppvae.models.priors import (  # noqa: E402
+from ppvae.models.priors import (
     ARDPrior,
     LearnedNormal,
     MixtureOfGaussians,
@@ -49,7 +46,8 @@ from ppvae.models.priors import (  # noqa: E402
     StandardNormal,
     StudentTPrior,
 )
-from ppvae.models.registry import (  # noqa: E402
+from ppvae.models.programs import ProgramModule, local_params, program
+from ppvae.models.registry import (
     DECODERS,
     ENCODERS,
     GUIDES,
@@ -58,8 +56,8 @@ from ppvae.models.registry import (  # noqa: E402
     Registry,
     build,
 )
-from ppvae.models.vae import VAE  # noqa: E402
-from ppvae.models.vamp import VampPrior  # noqa: E402
+from ppvae.models.vae import VAE
+from ppvae.models.vamp import VampPrior
 
 __all__ = [
     "VAE",
@@ -103,4 +101,7 @@ __all__ = [
     "PosteriorGuide",
     "LinearGuide",
     "ppca_max_log_likelihood",
+    "ProgramModule",
+    "local_params",
+    "program",
 ]

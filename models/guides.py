@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import Transform, transform_to
 
 from ppvae.models.constraints import softplus_greater_than
+from ppvae.models.programs import ProgramModule
 
 __all__ = [
     "Guide",
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-class Guide(PyroModule):
+class Guide(ProgramModule):
     """Base class for amortised guides.
 
     Parameters

@@ -19,6 +19,7 @@ from torch import nn
 from ppvae.models.guides import DiagonalNormalGuide
 from ppvae.models.networks import MLPEncoder
 from ppvae.models.priors import StandardNormal
+from ppvae.models.programs import local_params_method, program
 from ppvae.models.vae import VAE
 
 __all__ = ["TwoLayerVAE"]
@@ -55,6 +56,9 @@ class TwoLayerVAE(VAE):
     Burda, Grosse & Salakhutdinov (2015), "Importance Weighted Autoencoders", ICLR 2016
     (two-layer architecture: 200-200 hidden units, 100 and 50 latent units, tanh).
     """
+
+    #: The guide draws z2 given z1, so TraceMeanField_ELBO's closed-form KLs do not apply.
+    mean_field = False
 
     def __init__(
         self,
@@ -100,6 +104,7 @@ class TwoLayerVAE(VAE):
         self.p_z1 = DiagonalNormalGuide(MLPEncoder((d2,), tuple(latent_hidden), activation), d1)
         self.q_z2 = DiagonalNormalGuide(MLPEncoder((d1,), tuple(latent_hidden), activation), d2)
 
+    @program
     def model(
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, num_data: int | None = None
     ) -> torch.Tensor:
@@ -112,6 +117,7 @@ class TwoLayerVAE(VAE):
             pyro.sample("x", self.likelihood(self.decoder(z1, y1h)), obs=x)
         return z1
 
+    @program
     def guide(
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, num_data: int | None = None
     ) -> torch.Tensor:
@@ -123,6 +129,7 @@ class TwoLayerVAE(VAE):
         return z1
 
     @torch.no_grad()
+    @local_params_method
     def sample(
         self, n: int, y: int | torch.Tensor | None = None, *, mean: bool = True
     ) -> torch.Tensor:

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroParam
 from torch.distributions import transform_to
 
 from ppvae.models.constraints import softplus_greater_than
+from ppvae.models.programs import ProgramModule
 
 __all__ = [
     "Likelihood",
@@ -37,7 +38,7 @@ def _range(x: torch.Tensor) -> str:
     return f"[{x.min().item():g}, {x.max().item():g}]"
 
 
-class Likelihood(PyroModule):
+class Likelihood(ProgramModule):
     """Base class for observation models.
 
     Subclasses set :attr:`name`, implement :meth:`distribution` and, when their

@@ -19,9 +19,11 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroParam
 from torch import nn
 from torch.distributions import constraints
+
+from ppvae.models.programs import ProgramModule, program
 
 __all__ = ["LinearGaussianModel", "PosteriorGuide", "LinearGuide", "ppca_max_log_likelihood"]
 
@@ -33,7 +35,7 @@ def _plate(x: torch.Tensor, num_data: int | None) -> pyro.plate:
     return pyro.plate("data", num_data, subsample=torch.arange(batch, device=x.device), dim=-1)
 
 
-class LinearGaussianModel(PyroModule):
+class LinearGaussianModel(ProgramModule):
     """Probabilistic PCA as a Pyro program with site names ``"z"`` and ``"x"``.
 
     Parameters
@@ -55,6 +57,9 @@ class LinearGaussianModel(PyroModule):
     ) -> None:
         super().__init__()
         self.data_dim, self.latent_dim = int(data_dim), int(latent_dim)
+        # The sizes rebuild the model from a checkpoint; the initial values do not matter
+        # there (the saved state replaces them).
+        self.config = {"data_dim": self.data_dim, "latent_dim": self.latent_dim}
         if weight is None:
             weight = torch.randn(data_dim, latent_dim) / latent_dim**0.5
         self.weight = nn.Parameter(torch.as_tensor(weight).clone())
@@ -66,6 +71,7 @@ class LinearGaussianModel(PyroModule):
             torch.tensor(float(noise_scale)), constraint=constraints.positive
         )
 
+    @program
     def model(self, x: torch.Tensor, *, num_data: int | None = None) -> None:
         zeros = self.weight.new_zeros(self.latent_dim)
         with _plate(x, num_data):
@@ -92,7 +98,7 @@ class LinearGaussianModel(PyroModule):
         return dist.MultivariateNormal(loc, covariance_matrix=s2 * torch.linalg.inv(m))
 
 
-class PosteriorGuide(PyroModule):
+class PosteriorGuide(ProgramModule):
     """The exact posterior of a :class:`LinearGaussianModel`, optionally distorted.
 
     Parameters
@@ -119,12 +125,13 @@ class PosteriorGuide(PyroModule):
             post.loc + self.shift, scale_tril=post.scale_tril * self.scale_factor
         )
 
+    @program
     def guide(self, x: torch.Tensor, *, num_data: int | None = None) -> None:
         with _plate(x, num_data):
             pyro.sample("z", self(x))
 
 
-class LinearGuide(PyroModule):
+class LinearGuide(ProgramModule):
     """Amortised guide N(A x + c, L Lᵀ): the family that contains pPCA's exact posterior.
 
     L is a ``PyroParam`` constrained to lower-Cholesky factors (exp on the diagonal),
@@ -133,6 +140,7 @@ class LinearGuide(PyroModule):
 
     def __init__(self, data_dim: int, latent_dim: int) -> None:
         super().__init__()
+        self.config = {"data_dim": int(data_dim), "latent_dim": int(latent_dim)}
         self.linear = nn.Linear(data_dim, latent_dim)
         self.scale_tril = PyroParam(torch.eye(latent_dim), constraint=constraints.lower_cholesky)
         self.latent_dim = latent_dim
@@ -140,6 +148,7 @@ class LinearGuide(PyroModule):
     def forward(self, x: torch.Tensor) -> dist.MultivariateNormal:
         return dist.MultivariateNormal(self.linear(x), scale_tril=self.scale_tril)
 
+    @program
     def guide(self, x: torch.Tensor, *, num_data: int | None = None) -> None:
         with _plate(x, num_data):
             pyro.sample("z", self(x))

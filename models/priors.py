@@ -19,10 +19,11 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroParam
 from torch import nn
 
 from ppvae.models.constraints import softplus_greater_than
+from ppvae.models.programs import ProgramModule
 
 __all__ = [
     "Prior",
@@ -37,7 +38,7 @@ __all__ = [
 _SCALE = softplus_greater_than(1e-4)
 
 
-class Prior(PyroModule):
+class Prior(ProgramModule):
     """Base class for priors over a ``latent_dim``-vector.
 
     Parameters

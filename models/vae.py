@@ -18,11 +18,11 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 from torch.nn import functional as F
 
 from ppvae.models.networks import MLPDecoder, MLPEncoder
+from ppvae.models.programs import ProgramModule, local_params, local_params_method, program
 from ppvae.models.registry import (
     DECODERS,
     ENCODERS,
@@ -49,7 +49,7 @@ def _input_scale(likelihood: nn.Module) -> float:
     return 1.0 / high if math.isfinite(high) and high > 1 else 1.0
 
 
-class VAE(PyroModule):
+class VAE(ProgramModule):
     """Variational autoencoder p(z) p(x | z) with amortised guide q(z | x).
 
     Parameters
@@ -80,6 +80,14 @@ class VAE(PyroModule):
     Kingma & Welling (2014), "Auto-Encoding Variational Bayes", ICLR.
     Sohn, Lee & Yan (2015), "Learning Structured Output Representation using Deep
     Conditional Generative Models", NeurIPS (conditional VAE).
+
+    Notes
+    -----
+    ``model`` and ``guide`` work with Pyro's ``SVI`` and ``pyro.optim`` (global param
+    store) as well as with ``ppvae.fit`` and ``torch.optim``; the tools (``sample``,
+    ``encode``, ...) never touch the global param store (:mod:`ppvae.models.programs`).
+    A subclass that overrides ``model`` or ``guide`` decorates it with
+    :func:`~ppvae.models.programs.program` to keep that.
     """
 
     def __init__(
@@ -147,7 +155,9 @@ class VAE(PyroModule):
                 "construct them with the same latent_dim"
             )
         if hasattr(self.prior, "setup"):
-            self.prior.setup(self)
+            # The VampPrior runs the guide here: nothing may reach Pyro's global param store.
+            with local_params():
+                self.prior.setup(self)
 
     # ------------------------------------------------------------------ programs
     def _onehot(self, y: torch.Tensor | None, batch: int) -> torch.Tensor | None:
@@ -173,6 +183,7 @@ class VAE(PyroModule):
     def _guide_dist(self, x: torch.Tensor, y1h: torch.Tensor | None) -> dist.Distribution:
         return self.guide_net(x) if y1h is None else self.guide_net(x, y1h)
 
+    @program
     def model(
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, num_data: int | None = None
     ) -> torch.Tensor:
@@ -184,6 +195,7 @@ class VAE(PyroModule):
             pyro.sample("x", self.likelihood(self.decoder(z, y1h)), obs=x)
         return z
 
+    @program
     def guide(
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, num_data: int | None = None
     ) -> torch.Tensor:
@@ -237,6 +249,7 @@ class VAE(PyroModule):
         return torch.device("cpu")
 
     @torch.no_grad()
+    @local_params_method
     def decode(self, z: torch.Tensor, y: int | torch.Tensor | None = None) -> torch.Tensor:
         """Mean of p(x | z) for a batch of latents ``(..., latent_dim)``."""
         y1h = self._labels_for(z.shape[0], y)
@@ -245,6 +258,7 @@ class VAE(PyroModule):
         return mean(params) if mean is not None else self.likelihood(params).mean
 
     @torch.no_grad()
+    @local_params_method
     def encode(
         self, x: torch.Tensor, y: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,12 +270,14 @@ class VAE(PyroModule):
         return q.mean, q.variance.sqrt()
 
     @torch.no_grad()
+    @local_params_method
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of p(x | z) at the posterior mean of q(z | x)."""
         z, _ = self.encode(x, y)
         return self.decode(z, y)
 
     @torch.no_grad()
+    @local_params_method
     def sample(
         self, n: int, y: int | torch.Tensor | None = None, *, mean: bool = True
     ) -> torch.Tensor:

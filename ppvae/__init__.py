@@ -18,6 +18,7 @@ from ppvae.inference import (
     TrainingDivergedError,
     ais_log_likelihood,
     bdmc,
+    checkpoint_digest,
     compare,
     fit,
     khat_summary,
@@ -54,4 +55,5 @@ __all__ = [
     "save",
     "load",
     "augment",
+    "checkpoint_digest",
 ]

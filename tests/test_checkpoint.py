@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import struct
+import zipfile
 
 import numpy as np
 import pyro
@@ -11,9 +13,20 @@ import pytest
 import torch
 
 from ppvae.inference import checkpoint
-from ppvae.inference.checkpoint import FORMAT, VERSION, load, load_checkpoint, save
+from ppvae.inference.checkpoint import (
+    FORMAT,
+    VERSION,
+    checkpoint_digest,
+    load,
+    load_checkpoint,
+    save,
+    seal,
+)
 from ppvae.inference.history import History
+from ppvae.inference.integrity import state_digest
 from ppvae.inference.rng import rng_state, set_rng_state
+from ppvae.models.hierarchical import TwoLayerVAE
+from ppvae.models.linear_gaussian import LinearGaussianModel, LinearGuide
 from ppvae.models.priors import LearnedNormal, StandardNormal
 from ppvae.models.vae import VAE
 
@@ -164,6 +177,10 @@ def test_state_that_does_not_fit_is_rejected(tmp_path):
     state["stray.weight"] = torch.zeros(2)
     del state[next(k for k in state if k.endswith("bias"))]
     torch.save(contents, path)
+    with pytest.raises(ValueError, match="integrity check"):
+        load(path)
+    contents["model_digest"] = state_digest(state)
+    torch.save(seal(contents), path)  # as a crafted file would be: its digests agree
     with pytest.raises(ValueError, match="do not fit") as err:
         load(path)
     message = str(err.value)
@@ -190,3 +207,133 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     assert random.random() == expected[1]
     assert np.random.rand() == expected[2]  # noqa: NPY002
     assert isinstance(rng_state()["random"], list)
+
+
+# ---------------------------------------------------------------- every class, integrity
+ROUND_TRIPS = [
+    ("VAE", {}),
+    ("VAE", {"prior": "vamp", "prior_kwargs": {"num_components": 3}, "guide": "lowrank"}),
+    ("VAE", {"prior": "ard", "likelihood": "gaussian", "guide": "iaf"}),
+    ("VAE", {"prior": "mixture", "guide": "nsf", "likelihood": "continuous_bernoulli"}),
+    ("VAE", {"prior": "learned_normal", "guide": "fullrank", "num_labels": 3}),
+    (
+        "VAE",
+        {"prior": "student_t", "likelihood": "binomial", "likelihood_kwargs": {"total_count": 4}},
+    ),
+    ("TwoLayerVAE", {}),
+    ("TwoLayerVAE", {"guide": "fullrank", "likelihood": "gaussian", "num_labels": 3}),
+]
+
+
+def _build(cls: str, options: dict) -> torch.nn.Module:
+    if cls == "TwoLayerVAE":
+        return TwoLayerVAE((6,), (3, 2), hidden=(8,), latent_hidden=(5,), **options)
+    return VAE((6,), 3, hidden=(8,), **options)
+
+
+@pytest.mark.parametrize(("cls", "options"), ROUND_TRIPS, ids=lambda v: str(v))
+def test_every_model_class_round_trips(tmp_path, cls, options):
+    vae = _perturb(_build(cls, options))
+    x = torch.bernoulli(torch.full((5, 6), 0.4))
+    if options.get("likelihood") == "binomial":
+        x = torch.randint(0, 5, (5, 6)).float()
+    args = (x,) if "num_labels" not in options else (x, torch.arange(5) % 3)
+
+    loaded = load(save(vae, tmp_path / "m.pt"))
+
+    assert type(loaded) is type(vae) and loaded.config == vae.config
+    assert all(
+        torch.equal(a, b) for a, b in zip(vae.state_dict().values(), loaded.state_dict().values())
+    )
+    losses = []
+    for model in (vae, loaded):
+        pyro.set_rng_seed(1)
+        with pyro.settings.context(module_local_params=True):
+            losses.append(pyro.infer.Trace_ELBO().loss(model.model, model.guide, *args))
+    assert losses[0] == losses[1]
+    y = None if "num_labels" not in options else 1
+    assert torch.equal(vae.decode(torch.ones(2, 3), y), loaded.decode(torch.ones(2, 3), y))
+
+
+def _tensor_payload(path) -> tuple[int, int]:
+    """Offset and size of the largest tensor record inside a checkpoint's zip archive."""
+    with zipfile.ZipFile(path) as archive:
+        info = max(
+            (i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size
+        )
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+@pytest.mark.parametrize("cls", [LinearGaussianModel, LinearGuide])
+def test_linear_gaussian_classes_round_trip(tmp_path, cls):
+    module = _perturb(cls(6, 2))
+    loaded = load(save(module, tmp_path / "m.pt"))
+    assert type(loaded) is cls and loaded.config == {"data_dim": 6, "latent_dim": 2}
+    assert all(torch.equal(a, b) for a, b in zip(module.parameters(), loaded.parameters()))
+
+
+def test_flipped_bytes_in_tensor_data_are_refused(tmp_path):
+    path = save(_perturb(VAE((6,), 3, hidden=(64,))), tmp_path / "m.pt")
+    start, size = _tensor_payload(path)
+    data = bytearray(path.read_bytes())
+    middle = start + size // 2 - 32
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(ValueError, match=r"checkpoint .*m\.pt fails its SHA-256 integrity") as err:
+        load(path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="integrity"):
+        checkpoint_digest(path)
+
+
+@pytest.mark.parametrize("where", [0.02, 0.5, 0.98])
+def test_flipped_bytes_anywhere_give_one_clear_line(tmp_path, where):
+    path = save(_perturb(VAE((6,), 3, hidden=(64,))), tmp_path / "m.pt")
+    data = bytearray(path.read_bytes())
+    at = int(where * (len(data) - 64))
+    data[at : at + 64] = bytes(b ^ 0xFF for b in data[at : at + 64])
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"m\.pt") as err:
+        load(path)
+    assert "\n" not in str(err.value)
+
+
+def test_stored_sizes_are_checked_before_the_network_is_built(tmp_path, monkeypatch):
+    path = save(_vae(), tmp_path / "m.pt")
+    contents = load_checkpoint(path)
+    contents["model_config"]["hidden"] = [200000, 200000]
+    torch.save(seal(contents), path)  # a crafted file: its digests agree
+    built = []
+    monkeypatch.setitem(checkpoint.MODEL_CLASSES, "VAE", lambda **kw: built.append(kw))
+
+    with pytest.raises(ValueError, match=r"hidden=\[200000, 200000\].*refusing to build") as err:
+        load(path)
+    assert built == []  # refused before any constructor ran
+    assert "\n" not in str(err.value)
+
+
+def test_checkpoint_digest_identifies_the_weights(tmp_path):
+    vae = _perturb(_vae())
+    a = save(vae, tmp_path / "a.pt", history={"epochs_completed": 1})
+    b = save(vae, tmp_path / "b.pt", history={"epochs_completed": 2})
+    assert checkpoint_digest(a) == checkpoint_digest(b) == state_digest(vae.state_dict())
+    assert len(checkpoint_digest(a)) == 64
+    assert load_checkpoint(a)["digest"] != load_checkpoint(b)["digest"]
+    _perturb(vae)
+    assert checkpoint_digest(save(vae, tmp_path / "c.pt")) != checkpoint_digest(a)
+
+
+def test_version_2_files_load_without_verification(tmp_path):
+    vae = _perturb(_vae())
+    contents = load_checkpoint(save(vae, tmp_path / "m.pt"))
+    for key in ("digest", "model_digest"):
+        del contents[key]
+    contents["version"] = 2
+    torch.save(contents, tmp_path / "old.pt")
+    loaded = load(tmp_path / "old.pt")
+    assert all(torch.equal(a, b) for a, b in zip(vae.parameters(), loaded.parameters()))
+    assert checkpoint_digest(tmp_path / "old.pt") == state_digest(vae.state_dict())

@@ -158,10 +158,12 @@ def test_two_vaes_keep_separate_parameters() -> None:
     start_a = {k: v.clone() for k, v in a.state_dict().items()}
     x, _, _ = _two_patterns(32)
     opt = torch.optim.Adam(a.parameters(), lr=1e-2)
-    for _ in range(5):
-        opt.zero_grad()
-        pyro.infer.Trace_ELBO().differentiable_loss(a.model, a.guide, x).backward()
-        opt.step()
+    # A torch.optim loop is written under Pyro's module-local parameters (as ppvae.fit runs).
+    with pyro.settings.context(module_local_params=True):
+        for _ in range(5):
+            opt.zero_grad()
+            pyro.infer.Trace_ELBO().differentiable_loss(a.model, a.guide, x).backward()
+            opt.step()
     assert all(torch.equal(v, frozen_b[k]) for k, v in b.state_dict().items())
     assert not all(torch.equal(v, start_a[k]) for k, v in a.state_dict().items())
     assert len(pyro.get_param_store()) == 0  # module-local parameters only
