@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from ppvae.inference.rng import seeded
 from ppvae.models.likelihoods import BinomialLikelihood, PoissonLikelihood
 from ppvae.models.pixel_likelihoods import CategoricalLikelihood, DiscretizedLogisticLikelihood
+from ppvae.models.programs import local_params_method
 
 __all__ = ["augment", "posterior_latents", "MODES", "OUTPUTS"]
 
@@ -44,6 +45,9 @@ _INTEGER_LIKELIHOODS = (
 _CHUNK = 1024  # datapoints decoded at once: bounds memory for large requests
 
 
+# Like every ppvae entry point, augment reads the modules' own parameters and leaves Pyro's
+# global param store alone.
+@local_params_method
 def augment(
     vae: Any,
     *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyro
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -262,3 +263,10 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if fragment == "--force":  # the existing file is left as it was
         assert out.read_bytes() == b"old"
+
+
+def test_augment_leaves_the_global_param_store_alone() -> None:
+    vae = ppvae.VAE((1, 8, 8), latent_dim=2, num_labels=10, likelihood="binomial")
+    ppvae.augment(vae, n_per_class=1, seed=0)
+    ppvae.augment(vae, mode="posterior", source=(torch.zeros(3, 1, 8, 8), torch.arange(3)), seed=0)
+    assert len(pyro.get_param_store().keys()) == 0
