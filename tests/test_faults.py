@@ -25,6 +25,7 @@ from ppvae.inference.checkpoint import load_checkpoint
 
 TINY = "--latent-dim 2 --hidden 16 --batch-size 64 --lr 0.01 --seed 1 --quiet".split()
 PATIENT = [*TINY, "--epochs", "3", "--patience", "3"]
+EVAL = "--num-samples 10 --proposal guide --limit 40 --quiet".split()
 
 WRAPPER = """
 import os, signal, sys, time
@@ -178,7 +179,7 @@ def test_a_second_command_on_a_run_being_trained_is_refused_naming_the_holder(tm
 def test_resume_cannot_shrink_epochs_and_extending_makes_evaluations_stale(tmp_path, capsys):
     run = tmp_path / "r"
     assert _cli(capsys, "train", *TINY, "--epochs", "2", "--out", run)[0] == 0
-    assert _cli(capsys, "evaluate", run, "--num-samples", "10", "--quiet")[0] == 0
+    assert _cli(capsys, "evaluate", run, *EVAL)[0] == 0
     digest = file_digest(run / "model.pt")
     assert json.loads((run / "metrics.json").read_text())["checkpoint_sha256"] == digest
     config = (run / "config.toml").read_text()
@@ -192,9 +193,13 @@ def test_resume_cannot_shrink_epochs_and_extending_makes_evaluations_stale(tmp_p
     copy.mkdir()
     for name in ("config.toml", "model.pt", "loglik_test.pt", "metrics.json"):
         (copy / name).write_bytes((run / name).read_bytes())
+    assert _cli(capsys, "report", run)[0] == 0
+    page = (run / "report.html").read_text()
+    assert f"evaluated on an older checkpoint; rerun ppvae evaluate {run}" in page
     status, err = _cli(capsys, "compare", run, copy)
     _one_line(status, err, "evaluated on an older checkpoint; rerun ppvae evaluate")
-    assert _cli(capsys, "evaluate", run, "--num-samples", "10", "--quiet")[0] == 0
-    assert _cli(capsys, "evaluate", copy, "--num-samples", "10", "--quiet")[0] == 0
-    capsys.readouterr()
+    assert _cli(capsys, "evaluate", run, *EVAL)[0] == 0
+    assert _cli(capsys, "evaluate", copy, *EVAL)[0] == 0
     assert _cli(capsys, "compare", run, copy)[0] == 0
+    assert _cli(capsys, "report", run)[0] == 0
+    assert "older checkpoint" not in (run / "report.html").read_text()
