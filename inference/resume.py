@@ -70,25 +70,28 @@ def _digest(path: Path) -> str:
 
 def _repair_best(
     folder: Path, model: nn.Module, saved: dict[str, Any], config: dict[str, Any]
-) -> dict[str, torch.Tensor] | None:
-    """Make ``best.pt`` agree with ``last.pt``'s record; returns the best parameters."""
+) -> tuple[dict[str, torch.Tensor] | None, bool]:
+    """Make ``best.pt`` agree with ``last.pt``'s record.
+
+    Returns the best parameters (``None`` if unknown) and whether ``best.pt`` changed.
+    """
     extra, best = saved.get("extra") or {}, folder / "best.pt"
     record, best_state = extra.get("best"), extra.get("best_state")
     if record is None:  # no record (no validation, or an older checkpoint): best.pt as is
         if best_state is None and best.is_file():
             best_state = load_checkpoint(best)["model_state"]
-        return best_state
+        return best_state, False
     if best.is_file() and _digest(best) == record["sha256"]:
-        return best_state
+        return best_state, False
     if best_state is None:
         best.unlink(missing_ok=True)
-        return None
+        return None, True
     current = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     history = dict(saved["history"], epochs_completed=record["epoch"])
     save(model, best, history=history, config=config, extra={"repaired": True})
     model.load_state_dict(current)
-    return best_state
+    return best_state, True
 
 
 def resume_run(
@@ -122,11 +125,18 @@ def resume_run(
             f"({'; '.join(changed)}); pass the same arguments or use a new checkpoint_dir"
         )
     restore_model(saved, model, source=str(path))
-    best_state = _repair_best(folder, model, saved, config)
     optimizer.load_state_dict(saved["optimizer_state"])
     loader.load_state_dict(saved["extra"]["loader"])
     history = History.from_dict(saved["history"])
     set_rng_state(saved["rng_state"])
+    best_state, repaired = _repair_best(folder, model, saved, config)
+    if repaired:  # last.pt records the repaired best.pt (the RNG states are the saved ones)
+        extra = dict(saved["extra"])
+        extra.pop("best")
+        best = folder / "best.pt"
+        if best.is_file():
+            extra["best"] = {"epoch": history.best_epoch, "sha256": _digest(best)}
+        save(model, path, optimizer=optimizer, history=history, config=config, extra=extra)
     if not want_best or history.best_epoch is None:
         best_state = None
     return history, best_state

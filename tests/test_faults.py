@@ -107,17 +107,18 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def uninterrupted(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("faults") / "whole"
     assert main(["train", *PATIENT, "--out", str(run)]) == 0
+    # Every epoch improves, so the last one writes best.pt: the kills below hit that write.
+    assert json.loads((run / "history.json").read_text())["best_epoch"] == 3
     return run
 
 
 def _assert_resumes_to(run: Path, reference: Path, capsys) -> None:
-    assert _cli(capsys, "train", "--resume", "--quiet", "--out", run)[0] == 0
+    assert _cli(capsys, "train", "--resume", "--epochs", "3", "--quiet", "--out", run)[0] == 0
     assert _temporaries(run) == []  # the killed write's temporary file is gone
     assert _same(_params(run / "model.pt"), _params(reference / "model.pt"))
-    best, last = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"
+    best = run / "checkpoints" / "best.pt"
     assert _same(_params(best), _params(reference / "checkpoints" / "best.pt"))
-    record = load_checkpoint(last)["extra"]["best"]
-    assert record["sha256"] == file_digest(best)
+    _assert_pair_agrees(run)
     history = json.loads((run / "history.json").read_text())
     assert history == json.loads((reference / "history.json").read_text()) | {
         "seconds": history["seconds"],
@@ -125,22 +126,33 @@ def _assert_resumes_to(run: Path, reference: Path, capsys) -> None:
     }
 
 
+def _assert_pair_agrees(run: Path) -> None:
+    best, last = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"
+    extra = load_checkpoint(last)["extra"]
+    assert extra["best"]["sha256"] == file_digest(best)
+    assert _same(_params(best), extra["best_state"])
+
+
 def test_kill_between_best_and_last_checkpoint_resumes_exactly(uninterrupted, tmp_path, capsys):
     run = tmp_path / "r"
-    # Killed as last.pt of epoch 2 is moved into place: best.pt already holds epoch 2.
-    child = _wrapped(tmp_path, "kill-replace", "last.pt", 2, "train", *PATIENT, "--out", run)
+    # Killed as last.pt of the last epoch is moved into place: best.pt already holds it.
+    child = _wrapped(tmp_path, "kill-replace", "last.pt", 3, "train", *PATIENT, "--out", run)
     child.communicate(timeout=120)
     assert child.returncode == -signal.SIGKILL
     best, last = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"
-    assert load_checkpoint(last)["history"]["epochs_completed"] == 1
-    assert load_checkpoint(best)["history"]["epochs_completed"] == 2  # the pair disagrees
-    assert load_checkpoint(last)["extra"]["best"]["sha256"] != file_digest(best)
+    assert load_checkpoint(last)["history"]["epochs_completed"] == 2
+    assert load_checkpoint(best)["history"]["epochs_completed"] == 3  # the pair disagrees
+    # Resuming without redoing epoch 3 ends on epoch 2's best, and best.pt says so too.
+    assert _cli(capsys, "train", "--resume", "--epochs", "2", "--quiet", "--out", run)[0] == 0
+    _assert_pair_agrees(run)
+    assert _same(_params(run / "model.pt"), _params(best))
+    assert load_checkpoint(best)["history"]["epochs_completed"] == 2
     _assert_resumes_to(run, uninterrupted, capsys)
 
 
 def test_kill_while_best_checkpoint_is_written_resumes_exactly(uninterrupted, tmp_path, capsys):
     run = tmp_path / "r"
-    child = _wrapped(tmp_path, "kill-save", "best.pt", 2, "train", *PATIENT, "--out", run)
+    child = _wrapped(tmp_path, "kill-save", "best.pt", 3, "train", *PATIENT, "--out", run)
     child.communicate(timeout=120)
     assert child.returncode == -signal.SIGKILL
     leftovers = _temporaries(run)
