@@ -13,6 +13,7 @@ A run folder holds everything needed to repeat and inspect one training run::
     RUN_DIR/scores.csv           anomaly scores (``ppvae score``, unless ``--out`` says otherwise)
     RUN_DIR/samples.png          a sample grid (``ppvae sample``, likewise)
     RUN_DIR/figures/*.png        figures, and RUN_DIR/report.html embedding them
+    RUN_DIR/ppvae.lock           the lock a command holds while it works here (ppvae.app.runlock)
 
 Every file this module writes goes through :func:`atomic_write` (a temporary file in the
 same folder, then :func:`os.replace`), so a reader, or a run killed mid-write, never sees
@@ -228,15 +229,14 @@ class RunDir:
         ``flag`` names what the user would change (e.g. ``--out``).
         """
         check_writable_dir(self.root, flag)
+        fix = f"move it out of the way, or choose another {flag}"
         for folder in (self.checkpoints, self.figures):
             if folder.exists() and not folder.is_dir():
-                raise _cannot_write(folder, "it is a file, not a directory", flag)
-        for path in (self.config, self.model, self.history, self.metrics, self.report):
+                raise UserError(f"cannot write {folder}: it is a file, not a directory: {fix}")
+        files = (self.config, self.model, self.history, self.metrics, self.report, self.bdmc)
+        for path in (*files, self.scores, self.samples, *self.root.glob("loglik_*")):
             if path.is_dir():
-                raise _cannot_write(path, "it is a directory, not a file", flag)
-        for path in (self.scores, self.samples, self.bdmc, *self.root.glob("loglik_*")):
-            if path.is_dir():
-                raise _cannot_write(path, "it is a directory, not a file", flag)
+                raise UserError(f"cannot write {path}: it is a directory, not a file: {fix}")
         return self
 
     def model_digest(self) -> str | None:
