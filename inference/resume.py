@@ -88,7 +88,10 @@ def _repair_best(
         return None, True
     current = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
-    history = dict(saved["history"], epochs_completed=record["epoch"])
+    # The history as it stood at the best epoch, as best.pt held it when first written.
+    epoch = record["epoch"]
+    history = {k: v[:epoch] if isinstance(v, list) else v for k, v in saved["history"].items()}
+    history.update(epochs_completed=epoch, stopped_early=False)
     save(model, best, history=history, config=config, extra={"repaired": True})
     model.load_state_dict(current)
     return best_state, True

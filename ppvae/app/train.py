@@ -117,7 +117,7 @@ def model_arguments(cfg: RunConfig) -> dict[str, Any]:
 
 def build_vae(cfg: RunConfig, event_shape: Sequence[int]) -> VAE:
     """The VAE a (resolved) configuration describes."""
-    return VAE(event_shape, **model_arguments(cfg))
+    return VAE(event_shape, **{**model_arguments(cfg), "hidden": tuple(cfg.hidden)})
 
 
 def resume_config(run_dir: str | os.PathLike[str], requested: dict[str, Any]) -> RunConfig:
