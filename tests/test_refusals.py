@@ -136,3 +136,18 @@ def test_a_checkpoint_of_another_architecture_is_refused(trained, tmp_path, caps
     for command in (["evaluate", run, "--num-samples", "10"], ["sample", run]):
         _one_line(*_cli(capsys, *command), "latent_dim: 2 in config.toml, 3 in the checkpoint")
     assert not (run / "metrics.json").exists() and not (run / "samples.png").exists()
+
+
+def test_a_checkpoint_for_other_datapoints_is_refused(trained, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "counts.npz"
+    np.savez(data, x=rng.integers(0, 17, (60, 8)), x_test=rng.integers(0, 17, (10, 8)))
+    config = tmp_path / "config.toml"
+    config.write_text('likelihood = "binomial"\n\n[likelihood_kwargs]\ntotal_count = 16\n')
+    other = tmp_path / "other"
+    args = ["--dataset", data, "--binarize", "none", *TINY, "--out", other]
+    assert _cli(capsys, "train", config, *args)[0] == 0
+    run = _copy(trained, tmp_path)
+    shutil.copyfile(other / "model.pt", run / "model.pt")  # same arguments, 8 features
+    status, err = _cli(capsys, "evaluate", run, "--num-samples", "10")
+    _one_line(status, err, "event_shape: [1, 8, 8] in config.toml's dataset digits, [8] in the")

@@ -30,7 +30,7 @@ from ppvae.app.summaries import (
     proposal_counts,
     stale_sentence,
 )
-from ppvae.app.train import load_model, load_run_dataset, split_data
+from ppvae.app.train import check_event_shape, load_model, load_run_dataset, split_data
 from ppvae.data import Dataset
 from ppvae.inference import (
     LogLikelihoodResult,
@@ -139,6 +139,7 @@ def _evaluate(
     digest = run.model_digest()
     cfg, vae = load_model(run.root)
     ds = load_run_dataset(cfg) if dataset is None else dataset
+    check_event_shape(run.root, vae, ds)
     x, y = split_data(ds, split)
     y = y[:limit] if vae.num_labels is not None else None
     x = x[:limit]

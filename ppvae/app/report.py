@@ -28,7 +28,7 @@ from ppvae.app.summaries import (
     mc_stderr_text,
     stale_sentence,
 )
-from ppvae.app.train import load_model, load_run_dataset, split_data
+from ppvae.app.train import check_event_shape, load_model, load_run_dataset, split_data
 from ppvae.data import Dataset
 
 __all__ = [
@@ -299,6 +299,7 @@ def _report(run: RunDir, interpolation: str, projection: str, dataset: Dataset |
     if metrics is not None and run.loglik(split).is_file():
         loglik = run.read_loglik(split)
     ds = load_run_dataset(cfg) if dataset is None else dataset
+    check_event_shape(run.root, vae, ds)
     x, y = split_data(ds, split)
     records, notes = make_run_figures(
         vae,

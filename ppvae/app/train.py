@@ -39,6 +39,7 @@ __all__ = [
     "model_arguments",
     "build_vae",
     "load_model",
+    "check_event_shape",
     "train_run",
     "split_data",
 ]
@@ -289,6 +290,18 @@ def load_model(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, Any]:
     cfg = run.read_config()
     vae = run.load_model(map_location=check_device(cfg.device), expected=model_arguments(cfg))
     return cfg, vae.eval()
+
+
+def check_event_shape(run_dir: str | os.PathLike[str], vae: Any, ds: Dataset) -> None:
+    """Refuse a model whose datapoints are not the shape of the run's dataset."""
+    if tuple(vae.event_shape) != tuple(ds.event_shape):
+        run = RunDir(run_dir)
+        raise UserError(
+            f"{run.model} was not trained with {run.config} (event_shape: "
+            f"{list(ds.event_shape)} in config.toml's dataset {ds.name}, "
+            f"{list(vae.event_shape)} in the checkpoint): put the run's own model.pt back, "
+            f"or retrain with 'ppvae train {run.config} --out NEW_DIR'"
+        )
 
 
 def split_data(ds: Dataset, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
