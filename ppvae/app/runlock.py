@@ -86,14 +86,18 @@ def lock_run(folder: str | os.PathLike[str]) -> Iterator[None]:
             f"{root} is in use by {holder(root)}: wait for that command to finish (or stop "
             "it), or use another run directory"
         ) from None
-    os.ftruncate(fd, 0)
-    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    program = "ppvae" if program in ("ppvae", "cli.py") else program
-    command = shlex.join([program, *sys.argv[1:]])
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} ({command})\n".encode())
     _HELD[key] = [fd, 1]
     try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} ({_command()})\n".encode())
         yield
     finally:
         del _HELD[key]
         os.close(fd)  # releases the lock
+
+
+def _command() -> str:
+    """This process's command line, with the ``ppvae`` entry point named as such."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    program = "ppvae" if program in ("ppvae", "cli.py") else program
+    return shlex.join([program, *sys.argv[1:]])
