@@ -246,7 +246,16 @@ def end_epoch(
     )
     history.seconds.append(time.perf_counter() - started)
     if run.folder is not None:
-        save_run(run.folder, run.vae, run.optimizer, run.loader, history, run.config, best=improved)
+        save_run(
+            run.folder,
+            run.vae,
+            run.optimizer,
+            run.loader,
+            history,
+            run.config,
+            best=improved,
+            best_state=run.best_state,
+        )
 
 
 def _validate(run: TrainingRun, epoch: int) -> bool:

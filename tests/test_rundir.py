@@ -1,16 +1,25 @@
-"""The run folder (ppvae.app.rundir): atomic writes, records round-trip, clean-up."""
+"""The run folder (ppvae.app.rundir): atomic writes, records round-trip, clean-up, the lock."""
 
 from __future__ import annotations
 
 import csv
 import math
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 
 from ppvae.app.config import RunConfig, UserError
-from ppvae.app.rundir import RunDir, atomic_write, write_csv, write_text
+from ppvae.app.rundir import (
+    RunDir,
+    atomic_write,
+    check_writable_dir,
+    check_writable_file,
+    write_csv,
+    write_text,
+)
 
 
 def _failing_writer(tmp: Path) -> None:
@@ -75,3 +84,53 @@ def test_a_missing_model_says_how_to_finish_training(tmp_path):
         run.load_model()
     with pytest.raises(UserError, match="does not exist"):
         RunDir(tmp_path / "nowhere").require()
+
+
+def _dead_pid() -> int:
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid += 1
+
+
+def test_temporary_files_of_killed_writes_are_removed(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.write_config(RunConfig())
+    dead, alive = _dead_pid(), os.getppid()
+    killed = [f".metrics.json.tmp{dead}", f".samples.tmp{dead}.png"]
+    running = [f".report.html.tmp{alive}"]
+    checkpoint = [".last.pt.k2j4_9xz.tmp"]
+    for name in killed + running + checkpoint:
+        (run.root / name).write_text("half")
+    (run.checkpoints).mkdir()
+    (run.checkpoints / ".best.pt.abcd1234.tmp").write_text("half")
+    run.write_metrics({})  # any successful write removes those of dead writers beside it
+    assert sorted(p.name for p in run.root.glob(".*")) == sorted(running + checkpoint)
+    with run.lock():  # with the lock held, nobody else writes here: all of them go
+        assert list(run.root.rglob(".*")) == []
+    assert (run.root / "ppvae.lock").is_file() and run.read_metrics() == {}
+
+
+def test_the_lock_is_reentrant_within_a_process_and_named_when_held(tmp_path):
+    run = RunDir(tmp_path / "r")
+    with run.lock(), run.lock():
+        text = (run.root / "ppvae.lock").read_text()
+        assert f"pid {os.getpid()} on {socket.gethostname()}" in text
+    with run.lock():  # released on exit
+        pass
+
+
+def test_writability_checks_create_nothing(tmp_path):
+    check_writable_dir(tmp_path / "a" / "b")
+    check_writable_file(tmp_path / "c" / "x.csv")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UserError, match="is a file, not a directory: choose another --out"):
+        check_writable_dir(tmp_path / "f" / "run")
+    with pytest.raises(UserError, match="is a directory, not a file"):
+        check_writable_file(tmp_path)

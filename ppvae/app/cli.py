@@ -25,6 +25,7 @@ from ppvae import TrainingDivergedError, __version__
 from ppvae.app.bdmc import bdmc_run
 from ppvae.app.config import RunConfig, UserError, parse_hidden, read_toml
 from ppvae.app.evaluate import PROPOSALS, compare_runs, evaluate_run
+from ppvae.app.rundir import RunDir
 from ppvae.app.summaries import bdmc_sentence, evaluation_rows
 from ppvae.app.train import resume_config, train_run
 
@@ -282,13 +283,14 @@ def _print_rows(rows: list[tuple[str, str]]) -> None:
 
 
 def _bdmc(args: argparse.Namespace) -> int:
-    r = bdmc_run(
-        args.run_dir,
-        num_datapoints=args.num_datapoints,
-        num_steps=args.steps,
-        num_chains=args.chains,
-        seed=args.seed,
-    )
+    with RunDir(args.run_dir).require().check_writable("RUN_DIR").lock():
+        r = bdmc_run(
+            args.run_dir,
+            num_datapoints=args.num_datapoints,
+            num_steps=args.steps,
+            num_chains=args.chains,
+            seed=args.seed,
+        )
     settings = f"{r['num_steps']} steps × {r['num_chains']} chains"
     _print_rows(
         [

@@ -79,20 +79,22 @@ def run_demo(
     """
     start = time.perf_counter()
     cfg = demo_config(dataset, epochs=epochs, data_dir=data_dir, download=download)
+    run = RunDir(out).check_writable("--out")
     ds = _load(cfg)  # before anything is removed or written
-    run = RunDir(out)
-    run.clear()
+    run.check_clearable()
     chatter = echo if progress else _quiet
-    chatter(f"ppvae demo: {dataset}, writing to {run.root}")
-    history = train_run(cfg, run.root, dataset=ds, progress=progress, echo=chatter)
-    metrics = evaluate_run(
-        run.root,
-        num_samples=DEMO_NUM_SAMPLES,
-        limit=DEMO_EVAL_LIMIT[dataset],
-        progress=progress,
-        dataset=ds,
-    )
-    report = report_run(run.root, dataset=ds)
+    with run.lock():  # one demo (or other command) per folder at a time
+        run.clear()
+        chatter(f"ppvae demo: {dataset}, writing to {run.root}")
+        history = train_run(cfg, run.root, dataset=ds, progress=progress, echo=chatter)
+        metrics = evaluate_run(
+            run.root,
+            num_samples=DEMO_NUM_SAMPLES,
+            limit=DEMO_EVAL_LIMIT[dataset],
+            progress=progress,
+            dataset=ds,
+        )
+        report = report_run(run.root, dataset=ds)
     for line in headline(metrics, history, dataset):
         echo(line)
     echo(f"report: {report} (demo took {time.perf_counter() - start:.0f} s)")

@@ -25,10 +25,12 @@ from ppvae.app.summaries import (
     ais_comparison,
     estimator_text,
     guide_comparison,
+    is_stale,
     mc_stderr_text,
     proposal_counts,
+    stale_sentence,
 )
-from ppvae.app.train import load_model, load_run_dataset, split_data
+from ppvae.app.train import check_event_shape, load_model, load_run_dataset, split_data
 from ppvae.data import Dataset
 from ppvae.inference import (
     LogLikelihoodResult,
@@ -111,9 +113,33 @@ def evaluate_run(
         of some datapoint rejects its estimate.
     """
     _check_options(num_samples, limit, proposal, ais, ais_steps, ais_chains)
-    run = RunDir(run_dir).require()
+    run = RunDir(run_dir).require().check_writable("RUN_DIR")
+    with run.lock():
+        return _evaluate(
+            run, num_samples, split, seed, limit, progress, dataset, proposal, ais, ais_steps,
+            ais_chains,
+        )  # fmt: skip
+
+
+def _evaluate(
+    run: RunDir,
+    num_samples: int,
+    split: str,
+    seed: int,
+    limit: int | None,
+    progress: bool,
+    dataset: Dataset | None,
+    proposal: str,
+    ais: int | None,
+    ais_steps: int,
+    ais_chains: int,
+) -> dict[str, Any]:
+    """:func:`evaluate_run` once the run folder's lock is held."""
+    # The digest of the checkpoint evaluated: a later training makes the record stale.
+    digest = run.model_digest()
     cfg, vae = load_model(run.root)
     ds = load_run_dataset(cfg) if dataset is None else dataset
+    check_event_shape(run.root, vae, ds)
     x, y = split_data(ds, split)
     y = y[:limit] if vae.num_labels is not None else None
     x = x[:limit]
@@ -131,7 +157,7 @@ def evaluate_run(
     )
     seconds = time.perf_counter() - start
     metrics = _metrics(res, proposal, split, seed)
-    metrics = {"dataset": cfg.dataset, **metrics, "seconds": seconds}
+    metrics = {"dataset": cfg.dataset, **metrics, "seconds": seconds, "checkpoint_sha256": digest}
     record = _record(res, metrics)
     if ais is not None:
         n = min(ais, len(x))
@@ -234,6 +260,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], split: str = "test"
     first: tuple[str, str] | None = None
     for run_dir in run_dirs:
         rec = load_loglik(run_dir, split)
+        if is_stale(rec, RunDir(run_dir).model_digest()):
+            raise UserError(f"{run_dir} was {stale_sentence(run_dir)} before comparing")
         name = Path(run_dir).resolve().name
         while name in results:
             name = f"{name}'"

@@ -20,8 +20,15 @@ from typing import Any
 
 from ppvae.app.figures import FigureRecord, make_run_figures
 from ppvae.app.rundir import RunDir, write_text
-from ppvae.app.summaries import BDMC_GOOD_GAP, bdmc_sentence, guide_sentence, mc_stderr_text
-from ppvae.app.train import load_model, load_run_dataset, split_data
+from ppvae.app.summaries import (
+    BDMC_GOOD_GAP,
+    bdmc_sentence,
+    guide_sentence,
+    is_stale,
+    mc_stderr_text,
+    stale_sentence,
+)
+from ppvae.app.train import check_event_shape, load_model, load_run_dataset, split_data
 from ppvae.data import Dataset
 
 __all__ = [
@@ -225,13 +232,19 @@ def render_report(
     notes: Sequence[str] = (),
     noun: str = "datapoints",
     bdmc: Mapping[str, Any] | None = None,
+    stale: str | None = None,
 ) -> str:
-    """The report as one HTML string with every figure embedded."""
+    """The report as one HTML string with every figure embedded.
+
+    ``stale`` is a sentence saying that the metrics were computed on an older checkpoint.
+    """
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
+    if metrics and stale:
+        parts.append(f"<p class=warn>{html.escape(stale)}</p>")
     if metrics:
         parts += _evaluation_html(metrics, noun)
     else:
@@ -268,15 +281,25 @@ def report_run(
     ``dataset`` is the run's data when the caller has loaded it already; otherwise it is
     loaded as the run's configuration says.
     """
-    run = RunDir(run_dir).require()
+    run = RunDir(run_dir).require().check_writable("RUN_DIR")
+    with run.lock():
+        return _report(run, interpolation, projection, dataset)
+
+
+def _report(run: RunDir, interpolation: str, projection: str, dataset: Dataset | None) -> Path:
+    """:func:`report_run` once the run folder's lock is held."""
     cfg, vae = load_model(run.root)
     metrics = run.read_metrics()
+    stale = None
+    if metrics is not None and is_stale(metrics, run.model_digest()):
+        stale = f"This evaluation is stale: {stale_sentence(run.root)}."
     history = run.read_history()
     split = metrics["split"] if metrics else "test"
     loglik = None
     if metrics is not None and run.loglik(split).is_file():
         loglik = run.read_loglik(split)
     ds = load_run_dataset(cfg) if dataset is None else dataset
+    check_event_shape(run.root, vae, ds)
     x, y = split_data(ds, split)
     records, notes = make_run_figures(
         vae,
@@ -301,5 +324,6 @@ def report_run(
         notes=notes,
         noun=noun,
         bdmc=run.read_bdmc(),
+        stale=stale,
     )
     return run.write_report(content)

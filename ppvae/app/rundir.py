@@ -13,28 +13,44 @@ A run folder holds everything needed to repeat and inspect one training run::
     RUN_DIR/scores.csv           anomaly scores (``ppvae score``, unless ``--out`` says otherwise)
     RUN_DIR/samples.png          a sample grid (``ppvae sample``, likewise)
     RUN_DIR/figures/*.png        figures, and RUN_DIR/report.html embedding them
+    RUN_DIR/ppvae.lock           the lock a command holds while it works here (ppvae.app.runlock)
 
 Every file this module writes goes through :func:`atomic_write` (a temporary file in the
 same folder, then :func:`os.replace`), so a reader, or a run killed mid-write, never sees
 half a file. The two writers that live in the library, :func:`ppvae.plots.save_figure`
 for the figures and :func:`ppvae.inference.checkpoint.save` for checkpoints (also written
 by :func:`ppvae.fit` during training), write atomically in the same way.
+
+A process killed mid-write leaves its temporary file behind (``.NAME.tmpPID``,
+``.STEM.tmpPID.png`` or ``.NAME.XXXXXXXX.tmp``). :func:`remove_stale_temporaries` removes
+them: every successful :func:`atomic_write` removes those of dead processes beside its
+target, and a command that takes a run folder's lock (:meth:`RunDir.lock`, see
+:mod:`ppvae.app.runlock`) removes all of them, since no other process writes there then.
+
+Commands check that they can write their outputs before doing any work
+(:func:`check_writable_dir`, :func:`check_writable_file`), so that a read-only folder, or a
+file where a folder should be, is reported in one line at once rather than after training
+or an estimate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ppvae.app.config import RunConfig, UserError, read_toml, to_toml
+from ppvae.app.runlock import LOCK_NAME, lock_run
+from ppvae.app.tempfiles import file_digest, remove_stale_temporaries
 from ppvae.inference import checkpoint
 
 __all__ = [
@@ -45,7 +61,46 @@ __all__ = [
     "write_csv",
     "save_config",
     "load_config",
+    "check_writable_dir",
+    "check_writable_file",
+    "file_digest",
+    "remove_stale_temporaries",
 ]
+
+
+def _cannot_write(path: Path, why: str, flag: str) -> UserError:
+    return UserError(f"cannot write {path}: {why}: choose another {flag}")
+
+
+def check_writable_dir(path: str | os.PathLike[str], flag: str = "--out") -> None:
+    """Raise :class:`UserError` unless a folder can be written at ``path`` (or created there).
+
+    Nothing is created: a missing folder is judged by its nearest existing ancestor.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            raise _cannot_write(path, f"{probe} is a broken link", flag)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise _cannot_write(path, f"{probe} is a file, not a directory", flag)
+    try:  # a real write: permission bits say nothing for root or read-only file systems
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        why = f"{probe} is not writable ({err.strerror}); make it writable or"
+        raise UserError(f"cannot write {path}: {why} choose another {flag}") from None
+
+
+def check_writable_file(path: str | os.PathLike[str], flag: str = "--out") -> None:
+    """Raise :class:`UserError` unless a file can be written at ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise _cannot_write(path, "it is a directory, not a file", flag)
+    check_writable_dir(path.parent, flag)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
@@ -62,6 +117,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    remove_stale_temporaries(path.parent)
     return path
 
 
@@ -115,6 +171,11 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """Tuples as lists and numbers as they compare in JSON, for comparing configurations."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
@@ -151,6 +212,37 @@ class RunDir:
             )
         return self
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """Hold the run folder's lock for a block (creating the folder if missing).
+
+        Temporary files of killed writes are removed once the lock is held.
+        """
+        with lock_run(self.root):
+            for folder in (self.root, self.checkpoints, self.figures):
+                remove_stale_temporaries(folder, all_writers=True)
+            yield self
+
+    def check_writable(self, flag: str = "run directory") -> RunDir:
+        """Raise :class:`UserError` unless every file a command writes here can be written.
+
+        ``flag`` names what the user would change (e.g. ``--out``).
+        """
+        check_writable_dir(self.root, flag)
+        fix = f"move it out of the way, or choose another {flag}"
+        for folder in (self.checkpoints, self.figures):
+            if folder.exists() and not folder.is_dir():
+                raise UserError(f"cannot write {folder}: it is a file, not a directory: {fix}")
+        files = (self.config, self.model, self.history, self.metrics, self.report, self.bdmc)
+        for path in (*files, self.scores, self.samples, *self.root.glob("loglik_*")):
+            if path.is_dir():
+                raise UserError(f"cannot write {path}: it is a directory, not a file: {fix}")
+        return self
+
+    def model_digest(self) -> str | None:
+        """The SHA-256 of ``model.pt``, or ``None`` when there is none."""
+        return file_digest(self.model) if self.model.is_file() else None
+
     def has_training(self) -> bool:
         """Whether a training run has started here (a checkpoint or a final model exists)."""
         return self.last.exists() or self.model.exists()
@@ -171,12 +263,39 @@ class RunDir:
         """Save the trained model with its history and configuration as ``model.pt``."""
         return checkpoint.save(vae, self.model, history=history, config=config)
 
-    def load_model(self, map_location: torch.device | str = "cpu") -> Any:
-        """The trained model; :class:`UserError` when training has not finished."""
+    def load_model(
+        self, map_location: torch.device | str = "cpu", expected: dict[str, Any] | None = None
+    ) -> Any:
+        """The trained model; :class:`UserError` when training has not finished.
+
+        ``expected`` holds the constructor arguments ``config.toml`` implies; a checkpoint
+        stored with other ones (another run's ``model.pt`` copied here, say) is refused
+        before any network is built.
+        """
         if not self.model.is_file():
             fix = "ppvae train --resume --out " + str(self.root)
             raise UserError(f"{self.root} has not finished training (no model.pt): run '{fix}'")
-        return checkpoint.load(self.model, map_location=map_location)
+        saved = checkpoint.load_checkpoint(self.model, map_location=map_location)
+        if expected is not None:
+            self._check_model_config(saved, expected)
+        return checkpoint.restore_model(saved, source=str(self.model), map_location=map_location)
+
+    def _check_model_config(self, saved: dict[str, Any], expected: dict[str, Any]) -> None:
+        stored = saved.get("model_config") or {}
+        if saved.get("model_class") != "VAE":
+            changed = [f"class: VAE in config.toml, {saved.get('model_class')} in the checkpoint"]
+        else:
+            changed = [
+                f"{k}: {_plain(v)!r} in config.toml, {_plain(stored.get(k))!r} in the checkpoint"
+                for k, v in expected.items()
+                if _plain(v) != _plain(stored.get(k))
+            ]
+        if changed:
+            raise UserError(
+                f"{self.model} was not trained with {self.config} ({'; '.join(changed)}): "
+                f"put the run's own model.pt back, or retrain with 'ppvae train {self.config} "
+                "--out NEW_DIR'"
+            )
 
     # -------------------------------------------------------------- records
     def read_history(self) -> dict[str, Any] | None:
@@ -227,17 +346,23 @@ class RunDir:
         return write_text(self.report, content)
 
     # -------------------------------------------------------------- clean-up
+    def check_clearable(self) -> None:
+        """Raise :class:`UserError` if this folder holds files but is not a run folder."""
+        if self.config.is_file() or not self.root.is_dir():
+            return
+        if any(p.name != LOCK_NAME for p in self.root.iterdir()):
+            raise UserError(
+                f"{self.root} exists and is not a ppvae run directory: choose another --out"
+            )
+
     def clear(self) -> None:
         """Remove an earlier run's results (only the files a run writes).
 
         A folder that exists, is not empty and holds no ``config.toml`` is refused with a
         :class:`UserError`: it is not ours to empty.
         """
+        self.check_clearable()
         if not self.config.is_file():
-            if self.root.exists() and any(self.root.iterdir()):
-                raise UserError(
-                    f"{self.root} exists and is not a ppvae run directory: choose another --out"
-                )
             return
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         shutil.rmtree(self.figures, ignore_errors=True)

@@ -10,7 +10,7 @@ import torch
 from ppvae import plots
 from ppvae.app.config import UserError
 from ppvae.app.figures import display_range
-from ppvae.app.rundir import RunDir
+from ppvae.app.rundir import RunDir, check_writable_file
 from ppvae.app.train import load_model
 
 __all__ = ["sample_run"]
@@ -30,7 +30,16 @@ def sample_run(
     """
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
-    cfg, vae = load_model(run_dir)
+    run = RunDir(run_dir).require()
+    path = Path(out) if out is not None else run.samples
+    check_writable_file(path, "--out")
+    with run.lock():
+        return _sample(run, n, label, path, seed)
+
+
+def _sample(run: RunDir, n: int, label: int | None, path: Path, seed: int) -> Path:
+    """:func:`sample_run` once the run folder's lock is held."""
+    cfg, vae = load_model(run.root)
     if not plots.is_image_shape(vae.event_shape):
         raise UserError(
             f"datapoints of shape {vae.event_shape} are not images, so there is no sample "
@@ -54,5 +63,4 @@ def sample_run(
         else:
             images = vae.sample(n, y=label)
             fig = plots.plot_samples(images, value_range=value_range, nrow=min(n, 8))
-    path = Path(out) if out is not None else RunDir(run_dir).samples
     return plots.save_figure(fig, path)

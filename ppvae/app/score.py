@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ppvae.app.config import RunConfig, UserError
-from ppvae.app.rundir import RunDir, write_csv
+from ppvae.app.rundir import RunDir, check_writable_file, write_csv
 from ppvae.app.train import load_model
 from ppvae.data import KNOWN_DATASETS, load_dataset
 from ppvae.inference import LogLikelihoodResult, log_likelihood
@@ -89,7 +89,24 @@ def score_run(
     """
     if num_samples < 2:
         raise UserError(f"--num-samples must be at least 2, got {num_samples}")
-    cfg, vae = load_model(run_dir)
+    run = RunDir(run_dir).require()
+    path = Path(out) if out is not None else run.scores
+    check_writable_file(path, "--out")
+    with run.lock():
+        return _score(run, data, ood, path, num_samples, seed, progress)
+
+
+def _score(
+    run: RunDir,
+    data: str,
+    ood: str | None,
+    path: Path,
+    num_samples: int,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """:func:`score_run` once the run folder's lock is held."""
+    cfg, vae = load_model(run.root)
     parts = [read_score_data(data, cfg, vae.event_shape)]
     if ood is not None:
         extra = read_score_data(ood, cfg, vae.event_shape)
@@ -121,7 +138,6 @@ def score_run(
     auc = None
     if flags is not None and 0 < int(flags.sum()) < len(flags):
         auc = float(roc_auc_score(flags.numpy(), scores.numpy()))
-    path = Path(out) if out is not None else RunDir(run_dir).scores
     write_csv(path, _CSV_HEADER, _csv_rows(parts, scores, res))
     summary: dict[str, Any] = {
         "num_datapoints": len(x),

@@ -47,6 +47,8 @@ __all__ = [
     "bdmc_sentence",
     "evaluation_rows",
     "guide_sentence",
+    "is_stale",
+    "stale_sentence",
 ]
 
 #: How each proposal code of ``LogLikelihoodResult.proposal`` reads in a sentence.
@@ -269,3 +271,16 @@ def guide_sentence(m: Mapping[str, Any], noun: str = "datapoints") -> str:
         f"{g['num_reliable']} of {n} {noun}; the headline is {'higher' if d >= 0 else 'lower'} "
         f"by {abs(d):.3f}{pm} nats (paired s.e.)"
     )
+
+
+def is_stale(record: Mapping[str, Any], digest: str | None) -> bool:
+    """Whether an evaluation record was made on another checkpoint than ``digest``'s.
+
+    A record without a digest (written before records carried one) counts as stale.
+    """
+    return record.get("checkpoint_sha256") != digest
+
+
+def stale_sentence(run_dir: Any) -> str:
+    """What to say about a stale evaluation record of ``run_dir``."""
+    return f"evaluated on an older checkpoint; rerun ppvae evaluate {run_dir}"

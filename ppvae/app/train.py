@@ -5,6 +5,11 @@ with :func:`ppvae.fit` (checkpointing into ``RUN_DIR/checkpoints``) and saves th
 :func:`load_model` and :func:`load_run_dataset` give the other commands what a run was
 trained with. Where each file lives and how it is written is :mod:`ppvae.app.rundir`'s
 business. These functions print nothing unless given an ``echo`` callable.
+
+A run folder is created only once everything that could refuse the run has been checked
+(the output is writable, the dataset loads, the model, objective and optimizer build and
+the data lie in the likelihood's support), so a refused ``train`` leaves nothing behind;
+the folder's lock (:meth:`ppvae.app.rundir.RunDir.lock`) is then held until training ends.
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ import torch
 from ppvae.app.config import RunConfig, UserError
 from ppvae.app.rundir import RunDir
 from ppvae.data import Dataset, load_dataset
-from ppvae.inference import fit
+from ppvae.inference import checkpoint, fit
 from ppvae.inference.batches import binarize_once
+from ppvae.inference.options import FitOptions
+from ppvae.inference.prepare import check_model_once, prepare
+from ppvae.inference.rng import seeded
 from ppvae.models import VAE
 
 __all__ = [
@@ -28,8 +36,10 @@ __all__ = [
     "resume_config",
     "check_device",
     "load_run_dataset",
+    "model_arguments",
     "build_vae",
     "load_model",
+    "check_event_shape",
     "train_run",
     "split_data",
 ]
@@ -88,23 +98,27 @@ def resolve_config(cfg: RunConfig, ds: Dataset) -> RunConfig:
     return cfg.replace(**changes)
 
 
-def build_vae(cfg: RunConfig, event_shape: Sequence[int]) -> VAE:
-    """The VAE a (resolved) configuration describes."""
-    return VAE(
-        event_shape,
-        cfg.latent_dim,
+def model_arguments(cfg: RunConfig) -> dict[str, Any]:
+    """The VAE's constructor arguments (all but the event shape) a configuration gives."""
+    return dict(
+        latent_dim=cfg.latent_dim,
         prior=cfg.prior,
         likelihood=cfg.likelihood,
         guide=cfg.guide,
         encoder=cfg.encoder,
         decoder=cfg.decoder,
-        hidden=tuple(cfg.hidden),
+        hidden=list(cfg.hidden),
         activation=cfg.activation,
         num_labels=cfg.num_labels if cfg.conditional else None,
-        prior_kwargs=cfg.prior_kwargs,
-        likelihood_kwargs=cfg.likelihood_kwargs,
-        guide_kwargs=cfg.guide_kwargs,
+        prior_kwargs=dict(cfg.prior_kwargs),
+        likelihood_kwargs=dict(cfg.likelihood_kwargs),
+        guide_kwargs=dict(cfg.guide_kwargs),
     )
+
+
+def build_vae(cfg: RunConfig, event_shape: Sequence[int]) -> VAE:
+    """The VAE a (resolved) configuration describes."""
+    return VAE(event_shape, **{**model_arguments(cfg), "hidden": tuple(cfg.hidden)})
 
 
 def resume_config(run_dir: str | os.PathLike[str], requested: dict[str, Any]) -> RunConfig:
@@ -120,6 +134,13 @@ def resume_config(run_dir: str | os.PathLike[str], requested: dict[str, Any]) ->
         )
     saved = run.read_config()
     RunConfig.from_dict({**saved.to_dict(), **requested})  # unknown keys, wrong types
+    done = _epochs_done(run)
+    if requested.get("epochs") is not None and requested["epochs"] < done:
+        raise UserError(
+            f"{run.root} has already trained {done} epochs, so --epochs {requested['epochs']} "
+            f"cannot continue it: pass --epochs {done} or more to extend it (config.toml "
+            "then records the new total), or omit --epochs"
+        )
     for name, value in requested.items():
         if name not in RESUMABLE_CHANGES and value != getattr(saved, name):
             raise UserError(
@@ -128,6 +149,53 @@ def resume_config(run_dir: str | os.PathLike[str], requested: dict[str, Any]) ->
                 "on --resume; train into a new --out instead"
             )
     return saved.replace(**{k: v for k, v in requested.items() if k in RESUMABLE_CHANGES})
+
+
+def _epochs_done(run: RunDir) -> int:
+    """How many epochs the run's last checkpoint has trained (0 before the first)."""
+    if not run.last.is_file():
+        return 0
+    history = checkpoint.load_checkpoint(run.last).get("history") or {}
+    return int(history.get("epochs_completed") or 0)
+
+
+def _fit_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`ppvae.fit` that a configuration decides."""
+    return dict(
+        elbo=cfg.elbo,
+        num_particles=cfg.particles,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        optimizer=cfg.optimizer,
+        beta=cfg.beta,
+        kl_anneal=cfg.kl_anneal,
+        clip_norm=cfg.clip_norm,
+        seed=cfg.seed,
+        device=cfg.device,
+        patience=cfg.patience,
+    )
+
+
+def _check_training(vae: VAE, ds: Dataset, settings: dict[str, Any]) -> None:
+    """Everything ``fit`` checks before its first epoch, without a checkpoint folder.
+
+    ``fit``'s own set-up (the data of every split in the likelihood's support, the
+    objective, the optimizer, early stopping's validation data) and one loss evaluation,
+    on a random stream of their own: the run itself is unchanged.
+    """
+    if settings["patience"] is not None and len(ds.val) == 0:
+        raise UserError(
+            "--patience (early stopping) needs validation data, but val_fraction = 0 leaves "
+            "none: set val_fraction above 0 in the configuration, or drop --patience"
+        )
+    if settings["elbo"] == "iwae" and (settings["beta"] != 1 or settings["kl_anneal"] > 0):
+        raise UserError(
+            "--beta and --kl-anneal weight the KL term of the ELBO, which --elbo iwae does not "
+            "have: use --elbo trace or meanfield, or --beta 1 and --kl-anneal 0"
+        )
+    with seeded(0):
+        check_model_once(prepare(vae, ds, FitOptions(**settings, progress=False), loader_seed=0))
 
 
 def train_run(
@@ -146,20 +214,42 @@ def train_run(
     the run continues from ``checkpoints/last.pt`` (if any epoch finished) and ends
     exactly as an uninterrupted run would.
     """
-    run = RunDir(run_dir)
+    run = RunDir(run_dir).check_writable("--out")
     check_device(cfg.device)
-    if not resume and run.has_training():
-        raise UserError(
-            f"{run.root} already holds a training run: pass --resume to continue it, "
-            "or choose another --out"
-        )
+    _refuse_overwrite(run, resume)
     ds = load_run_dataset(cfg) if dataset is None else dataset
     cfg = resolve_config(cfg, ds)
     torch.manual_seed(cfg.seed)  # the initial weights depend on it
     pyro.set_rng_seed(cfg.seed)
     vae = build_vae(cfg, ds.event_shape)
-    # Refuse data the model cannot take before anything is written.
+    # Refuse what the run cannot use before anything is written.
     vae.check_data(ds.test, ds.test_labels if vae.num_labels is not None else None)
+    settings = _fit_settings(cfg)
+    _check_training(vae, ds, settings)
+    with run.lock():
+        _refuse_overwrite(run, resume)  # again: another process may have trained meanwhile
+        return _train_locked(cfg, run, vae, ds, settings, resume, progress, echo)
+
+
+def _refuse_overwrite(run: RunDir, resume: bool) -> None:
+    if not resume and run.has_training():
+        raise UserError(
+            f"{run.root} already holds a training run: pass --resume to continue it, "
+            "or choose another --out"
+        )
+
+
+def _train_locked(
+    cfg: RunConfig,
+    run: RunDir,
+    vae: VAE,
+    ds: Dataset,
+    settings: dict[str, Any],
+    resume: bool,
+    progress: bool,
+    echo: Echo,
+) -> dict[str, Any]:
+    """The part of :func:`train_run` that writes: configuration, checkpoints, model."""
     run.write_config(cfg)
     continuing = resume and run.last.is_file()
     echo(ds.describe())
@@ -171,20 +261,9 @@ def train_run(
     history = fit(
         vae,
         ds,
-        elbo=cfg.elbo,
-        num_particles=cfg.particles,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        optimizer=cfg.optimizer,
-        beta=cfg.beta,
-        kl_anneal=cfg.kl_anneal,
-        clip_norm=cfg.clip_norm,
-        seed=cfg.seed,
-        device=cfg.device,
+        **settings,
         checkpoint_dir=run.checkpoints,
         resume=continuing,
-        patience=cfg.patience,
         progress=progress,
         callback=lambda epoch, h, _: _log_epoch(echo, epoch, cfg.epochs, h),
     )
@@ -209,8 +288,20 @@ def load_model(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, Any]:
     """The configuration and trained model of a run (in eval mode, on the run's device)."""
     run = RunDir(run_dir).require()
     cfg = run.read_config()
-    vae = run.load_model(map_location=check_device(cfg.device))
+    vae = run.load_model(map_location=check_device(cfg.device), expected=model_arguments(cfg))
     return cfg, vae.eval()
+
+
+def check_event_shape(run_dir: str | os.PathLike[str], vae: Any, ds: Dataset) -> None:
+    """Refuse a model whose datapoints are not the shape of the run's dataset."""
+    if tuple(vae.event_shape) != tuple(ds.event_shape):
+        run = RunDir(run_dir)
+        raise UserError(
+            f"{run.model} was not trained with {run.config} (event_shape: "
+            f"{list(ds.event_shape)} in config.toml's dataset {ds.name}, "
+            f"{list(vae.event_shape)} in the checkpoint): put the run's own model.pt back, "
+            f"or retrain with 'ppvae train {run.config} --out NEW_DIR'"
+        )
 
 
 def split_data(ds: Dataset, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
