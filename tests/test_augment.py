@@ -270,3 +270,14 @@ def test_augment_leaves_the_global_param_store_alone() -> None:
     ppvae.augment(vae, n_per_class=1, seed=0)
     ppvae.augment(vae, mode="posterior", source=(torch.zeros(3, 1, 8, 8), torch.arange(3)), seed=0)
     assert len(pyro.get_param_store().keys()) == 0
+
+
+def test_cli_refuses_an_out_whose_folder_is_a_file(runs, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    status, _, err = _cli(
+        capsys, "augment", runs["cond"], "--n-per-class", 1, "--out", blocker / "aug.npz"
+    )
+    assert status == 2, err
+    assert len(err.strip().splitlines()) == 1 and "--out" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

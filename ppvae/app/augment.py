@@ -18,7 +18,7 @@ import torch
 from ppvae import plots
 from ppvae.app.config import RunConfig, UserError
 from ppvae.app.figures import display_range
-from ppvae.app.rundir import atomic_write
+from ppvae.app.rundir import RunDir, atomic_write, check_writable_file
 from ppvae.app.score import read_score_data
 from ppvae.app.train import load_model, split_data
 from ppvae.augment import MODES, OUTPUTS, augment
@@ -51,6 +51,7 @@ def _check_request(
         raise UserError(f"--out must name a .npz file, got {out}: e.g. --out augmented.npz")
     if out.exists() and not force:
         raise UserError(f"--out {out} already exists: pass --force to overwrite it")
+    check_writable_file(out, "--out")
     if mode not in MODES:
         raise UserError(f"--mode must be prior or posterior, got {mode!r}")
     for flag, value in (("--n", n), ("--n-per-class", n_per_class)):
@@ -140,6 +141,26 @@ def augment_run(
     _check_request(out, force, mode, n, n_per_class, source)
     if output not in OUTPUTS:
         raise UserError(f"--output must be sample or mean, got {output!r}")
+    # Held like sample's: a run being trained (or re-evaluated) is not read half-way.
+    with RunDir(run_dir).require().lock():
+        return _augment_locked(
+            run_dir, out, n_per_class, n, labels, mode, source, temperature, output, seed
+        )
+
+
+def _augment_locked(
+    run_dir: str | os.PathLike[str],
+    out: Path,
+    n_per_class: int | None,
+    n: int | None,
+    labels: list[int] | None,
+    mode: str,
+    source: str | None,
+    temperature: float,
+    output: str,
+    seed: int,
+) -> dict[str, Any]:
+    """:func:`augment_run` once the run folder's lock is held."""
     cfg, vae = load_model(run_dir)
     _check_model(vae, mode, n_per_class, labels, temperature)
     src = None if source is None else _read_source(source, cfg, vae.event_shape)
