@@ -48,6 +48,7 @@ from ppvae.inference.proposals import ProposalFn, needs_refinement, refine_propo
 from ppvae.inference.refine import RefineSettings
 from ppvae.inference.result import LogLikelihoodResult
 from ppvae.inference.rng import seeded
+from ppvae.inference.sharding import shard_datapoints
 from ppvae.inference.weights import GLOBAL_SITES
 
 __all__ = ["log_likelihood", "summarise_log_weights"]
@@ -84,6 +85,7 @@ def _check_args(
         raise ValueError(f"diagnostics must be 'psis', None or a callable, got {diagnostics!r}")
 
 
+@shard_datapoints
 def log_likelihood(
     model: Callable,
     guide: Callable,
@@ -161,6 +163,11 @@ def log_likelihood(
         called with each batch's ``(B, K)`` log-weights and returns per-datapoint ``(B,)``
         tensors (``khat``, ``ess``, ``reliable`` into those fields, others into
         ``extras``), so that diagnostics need not keep all N × K weights.
+    distributed
+        (Keyword of :func:`~ppvae.inference.sharding.shard_datapoints`.) ``None``
+        (default): under ``torchrun`` (or an initialised process group), each rank
+        estimates its shard of the datapoints and every rank gets the whole result in
+        the original order; ``False``: this process estimates all of them.
 
     Returns
     -------
