@@ -143,6 +143,11 @@ class ProcessGroup:
                 if b.is_floating_point():
                     b.copy_(self.all_reduce(b, "the buffer average") / self.world_size)
 
+    def barrier(self, what: str) -> None:
+        """Wait until every rank gets here."""
+        with self._failure(what):
+            dist.barrier()
+
     def shared_seed(self, seed: int | None) -> int | None:
         """The run's seed, the same on every rank: rank 0's draw when ``seed`` is None."""
         if seed is not None:
@@ -210,11 +215,12 @@ def collective_errors(rank: int, what: str) -> Iterator[None]:
     except DistributedError:
         raise
     except RuntimeError as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        # The backend's own message (a socket error, a timeout) stays in the chained
+        # exception; the user needs to know which step failed and what is left.
         raise DistributedError(
-            f"rank {rank} lost the process group during {what}: another rank died or "
-            f"stopped answering ({first[:160]}); the group stops here, and the last "
-            "checkpoint written is intact (resume with --resume / resume=True)"
+            f"rank {rank} lost the process group during {what}: another rank died or did "
+            f"not answer within PPVAE_DIST_TIMEOUT ({_timeout().total_seconds():g} s); the "
+            "last checkpoint written is intact: continue with --resume (resume=True)"
         ) from err
 
 

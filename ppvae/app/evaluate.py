@@ -38,6 +38,7 @@ from ppvae.inference import (
     khat_threshold,
     log_likelihood,
 )
+from ppvae.inference.distributed import process_group
 
 __all__ = ["PROPOSALS", "evaluate_run", "load_loglik", "compare_runs"]
 
@@ -113,6 +114,12 @@ def evaluate_run(
     _check_options(num_samples, limit, proposal, ais, ais_steps, ais_chains)
     run = RunDir(run_dir).require()
     cfg, vae = load_model(run.root)
+    # Under torchrun each rank estimates a shard (one GPU per rank); rank 0 writes.
+    group = process_group(None, cfg.device)
+    device = cfg.device if group is None else group.device(cfg.device)
+    vae.to(device)
+    main = group is None or group.is_main
+    progress = progress and main
     ds = load_run_dataset(cfg) if dataset is None else dataset
     x, y = split_data(ds, split)
     y = y[:limit] if vae.num_labels is not None else None
@@ -127,7 +134,7 @@ def evaluate_run(
         y=y,
         seed=seed,
         progress=None if progress else False,
-        device=cfg.device,
+        device=device,
     )
     seconds = time.perf_counter() - start
     metrics = _metrics(res, proposal, split, seed)
@@ -145,13 +152,15 @@ def evaluate_run(
             num_chains=ais_chains,
             seed=seed,
             progress=None if progress else False,
-            device=cfg.device,
+            device=device,
         )
         metrics["ais"] = ais_comparison(
             res, ais_res, num_steps=ais_steps, requested=ais, seconds=time.perf_counter() - start
         )
         record["ais_per_datapoint"] = ais_res.per_datapoint
         record["ais_mc_stderr_per_datapoint"] = ais_res.mc_stderr_per_datapoint
+    if not main:
+        return metrics
     run.write_loglik(split, record)
     run.write_metrics(metrics)
     # What the file holds (non-finite numbers as None), so callers see what readers see.

@@ -21,6 +21,7 @@ from ppvae.app.rundir import RunDir
 from ppvae.data import Dataset, load_dataset
 from ppvae.inference import fit
 from ppvae.inference.batches import binarize_once
+from ppvae.inference.distributed import process_group
 from ppvae.models import VAE
 
 __all__ = [
@@ -148,6 +149,10 @@ def train_run(
     """
     run = RunDir(run_dir)
     check_device(cfg.device)
+    # Under torchrun every rank runs this function; rank 0 alone writes and speaks.
+    group = process_group(None, cfg.device)
+    main = group is None or group.is_main
+    echo = echo if main else _silent
     if not resume and run.has_training():
         raise UserError(
             f"{run.root} already holds a training run: pass --resume to continue it, "
@@ -160,8 +165,11 @@ def train_run(
     vae = build_vae(cfg, ds.event_shape)
     # Refuse data the model cannot take before anything is written.
     vae.check_data(ds.test, ds.test_labels if vae.num_labels is not None else None)
-    run.write_config(cfg)
     continuing = resume and run.last.is_file()
+    if group is not None:
+        group.barrier("the start of training")  # every rank has read the folder as it was
+    if main:
+        run.write_config(cfg)
     echo(ds.describe())
     echo(
         f"{'resuming' if continuing else 'training'} a VAE (latent {cfg.latent_dim}, hidden "
@@ -189,8 +197,9 @@ def train_run(
         callback=lambda epoch, h, _: _log_epoch(echo, epoch, cfg.epochs, h),
     )
     record = history.to_dict()
-    run.write_history(record)
-    run.save_model(vae, history=history, config=cfg.to_dict())
+    if main:
+        run.write_history(record)
+        run.save_model(vae, history=history, config=cfg.to_dict())
     return record
 
 
