@@ -172,25 +172,26 @@ class ProcessGroup:
         w = float(weight) if finite else 0.0
         grads = [p.grad if finite and w > 0 else None for p in params]
         ref = params[0]
+        # One all-reduce per step: the weighted gradients, then which parameters have a
+        # gradient, the weighted loss and the weight (exact in float32 up to 2**24).
+        meta = [float(g is not None) for g in grads] + [w * loss if finite else loss, w]
         flat = torch.cat(
             [
                 (g.reshape(-1) * w) if g is not None else ref.new_zeros(p.numel())
                 for p, g in zip(params, grads, strict=True)
             ]
+            + [torch.tensor(meta, dtype=ref.dtype, device=ref.device)]
         )
-        meta = torch.tensor(
-            [float(g is not None) for g in grads] + [w * loss if finite else loss, w],
-            dtype=torch.float64,
-        )
-        meta = self.all_reduce(meta, "the gradient exchange")
-        total_loss, total_weight = float(meta[-2]), float(meta[-1])
+        flat = self.all_reduce(flat, "the gradient exchange")
+        tail = flat[-len(meta) :].tolist()
+        total_loss, total_weight, used = tail[-2], tail[-1], tail[:-2]
         if not math.isfinite(total_loss) or total_weight == 0:
             for p in params:
                 p.grad = None
             return total_loss if not math.isfinite(total_loss) else math.nan
-        flat = self.all_reduce(flat, "the gradient exchange") / total_weight
-        for p, part, used in zip(params, _split(flat, params), meta[:-2].tolist(), strict=True):
-            p.grad = part.view_as(p).clone() if used > 0 else None
+        flat = flat[: -len(meta)] / total_weight
+        for p, part, u in zip(params, _split(flat, params), used, strict=True):
+            p.grad = part.view_as(p) if u > 0 else None
         return total_loss / total_weight
 
     def gradient_sync(self, weight: int) -> Callable[[float, Sequence[torch.Tensor]], float]:
