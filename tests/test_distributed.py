@@ -194,6 +194,15 @@ def test_cli_trains_on_two_ranks_and_resumes_on_one(tmp_path):
     assert load_checkpoint(run / "checkpoints" / "last.pt")["history"]["epochs_completed"] == 3
 
 
+def test_bad_nproc_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--nproc", "0", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "ppvae: error: --nproc must be at least 1, got 0"
+    ]
+    assert not out.exists()
+
+
 def _descendants(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [c for child in map(int, children) for c in (child, *_descendants(child))]

@@ -58,7 +58,9 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     # failure report. A rank that fails on its own prints its line; a rank killed by a
     # signal, or one that lost the group (LOST_GROUP, silent under this launcher, since
     # the launcher knows more), gets the one line below.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in ("torch.distributed.elastic", "torch.distributed.run"):
+        # (torchrun's notice that it sets OMP_NUM_THREADS=1 per rank goes too: --threads.)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ[LAUNCHED] = "1"
     try:
         torchrun.run(torchrun.parse_args(args))
