@@ -66,15 +66,14 @@ def launch(argv: Sequence[str], nproc: int) -> int:
         torchrun.run(torchrun.parse_args(args))
     except ChildFailedError as err:
         failures = sorted(err.failures.items(), key=lambda item: item[1].timestamp)
+        spoke = [f.exitcode for _, f in failures if f.exitcode > 0 and f.exitcode != LOST_GROUP]
+        if spoke:  # a rank failed on its own and printed its line
+            return spoke[0]
         killed = [(r, f) for r, f in failures if f.exitcode < 0]
-        own = [f.exitcode for _, f in failures if f.exitcode not in (LOST_GROUP,)]
-        if killed and not [c for c in own if c > 0]:
-            rank, first = killed[0]
-            what = f"died ({first.signal_name()})"
-        elif not [c for c in own if c > 0]:
+        if killed:
+            rank, what = killed[0][0], f"died ({killed[0][1].signal_name()})"
+        else:  # every failed rank lost the group: one of them stopped answering
             rank, what = failures[0][0], "lost the others (one stopped answering)"
-        else:
-            return next(c for c in own if c > 0)
         print(
             f"ppvae: error: rank {rank} of {nproc} {what} and the group stopped; the last "
             "checkpoint written is intact: continue with --resume",
