@@ -258,8 +258,10 @@ def process_group(
                 "torchrun --nproc-per-node N your_script.py, or pass distributed=None"
             )
         return None
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.device(device).type == "cuda"
+    # A group the caller set up without torchrun has no LOCAL_RANK: its GPU is the current one.
+    default_local = torch.cuda.current_device() if cuda and torch.cuda.is_available() else 0
+    local_rank = int(os.environ.get("LOCAL_RANK", default_local))
     if not initialised:
         if cuda:
             torch.cuda.set_device(local_rank)
