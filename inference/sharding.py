@@ -18,8 +18,10 @@ are the shards'.
 
 from __future__ import annotations
 
+import builtins
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -74,20 +76,43 @@ def _run_shard(
 ) -> LogLikelihoodResult:
     y, seed = kw.get("y"), kw.get("seed")
     part = group.shard(len(x))
-    local = None
+    local: Any = None
+    failure: BaseException | None = None
     if part.stop > part.start:
         shard_kw = {**kw, "y": None if y is None else y[part]}
         if seed is not None:
             shard_kw["seed"] = rank_seed(seed, group.rank)
-        local = estimator(model, guide, x[part], **shard_kw)
-        local = _to_cpu(local)
+        try:
+            local = _to_cpu(estimator(model, guide, x[part], **shard_kw))
+        except Exception as err:  # every rank must reach the gather, then raise alike
+            failure, local = err, _Failure(type(err).__name__, str(err))
     parts: list[Any] = [None] * group.world_size
     with collective_errors(group.rank, "the gather of the per-datapoint results"):
         dist.all_gather_object(parts, local)
+    if failure is not None:
+        raise failure
+    failed = [p for p in parts if isinstance(p, _Failure)]
+    if failed:
+        raise failed[0].error()
     result = merge_results([p for p in parts if p is not None])
     result.seed = seed
     result.data_fingerprint = fingerprint(x, y)
     return result
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """What another rank's estimator raised, sent in place of its result."""
+
+    kind: str
+    message: str
+
+    def error(self) -> Exception:
+        """The same error on this rank (a built-in exception class, else RuntimeError)."""
+        cls = getattr(builtins, self.kind, None)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            return cls(self.message)
+        return RuntimeError(f"{self.kind}: {self.message}")
 
 
 def _to_cpu(res: LogLikelihoodResult) -> LogLikelihoodResult:

@@ -118,7 +118,19 @@ def _evaluate(model: LinearGaussianModel, x: torch.Tensor) -> dict:
         for _ in range(2)
     ]
     ais = ppvae.ais_log_likelihood(model.model, guide, x[:5], num_steps=30, num_chains=4, seed=4)
+
+    def fails_on_rank_1(target: object, k: int, chunk: int | None) -> torch.Tensor:
+        if torch.distributed.get_rank() == 1:
+            raise ValueError("bad datapoints on rank 1")
+        return torch.zeros(k, target.batch_size)
+
+    try:  # every rank raises what one rank's shard raised, instead of waiting for it
+        ppvae.log_likelihood(model.model, guide, x, num_samples=4, proposal=fails_on_rank_1)
+        raised = None
+    except ValueError as err:
+        raised = str(err)
     return {
+        "raised": raised,
         "exact": exact.per_datapoint,
         "est": [r.per_datapoint for r in runs],
         "se": runs[0].mc_stderr_per_datapoint,
@@ -165,6 +177,7 @@ def test_sharded_evaluation_keeps_every_datapoint_once_in_order(two_ranks, float
     torch.testing.assert_close(sharded["exact"], model.exact_log_likelihood(x).detach())
     assert sharded["est"][0].shape == (len(x),) and sharded["ais"].shape == (5,)
     torch.testing.assert_close(sharded["est"][0], sharded["est"][1], rtol=0, atol=0)
+    assert sharded["raised"] == "bad datapoints on rank 1"
     guide = PosteriorGuide(model, scale_factor=1.5, shift=0.3).guide
     one = ppvae.log_likelihood(model.model, guide, x, num_samples=300, proposal="guide", seed=3)
     assert sharded["fingerprint"] == one.data_fingerprint
