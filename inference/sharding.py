@@ -10,16 +10,21 @@ per-datapoint results of all ranks are gathered, in the original order, on every
 The result is reproducible for a given seed and world size, and each datapoint's estimate
 is an estimate of the same quantity as in one process, with independent draws.
 
-What is not the same as in one process: ``proposal="auto"`` applies its pool rule (refine
-all datapoints when more than ``pool_share`` of them have a high k-hat) to each rank's
-shard, and the batches (hence the draws of global latent sites shared within a batch)
-are the shards'.
+``proposal="auto"`` runs in two rounds so that its pool rule (refine every datapoint when
+more than ``pool_share`` of them have a high k-hat) reads the k-hat of all datapoints, as
+in one process: the guide on every shard, the rule on the gathered k-hat, then the
+refined proposal on each shard's selected datapoints. (With global latent sites, or
+without diagnostics, each shard applies the rule to itself.) The batches, hence the
+draws of global latent sites shared within a batch, are the shards'. An error on one
+rank's shard is raised on every rank (as the same built-in exception type), rather than
+leaving the others waiting at the gather.
 """
 
 from __future__ import annotations
 
 import builtins
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +34,7 @@ import torch.distributed as dist
 
 from ppvae.inference.distributed import ProcessGroup, collective_errors, process_group
 from ppvae.inference.passes import fingerprint
+from ppvae.inference.proposals import needs_refinement
 from ppvae.inference.result import LogLikelihoodResult
 from ppvae.inference.rng import rank_seed
 
@@ -74,18 +80,91 @@ def _run_shard(
     x: torch.Tensor,
     kw: dict[str, Any],
 ) -> LogLikelihoodResult:
+    index = torch.arange(len(x), device=x.device)[group.shard(len(x))]
+    seed = kw.get("seed")
+    if _pooled(estimator, kw):
+        return _run_auto(estimator, group, model, guide, x, kw, index)
+    local, failure = _estimate(estimator, model, guide, x, kw, index, group.rank)
+    return _merged(_gather(group, local, failure), x, kw.get("y"), seed)
+
+
+def _pooled(estimator: Callable, kw: dict[str, Any]) -> bool:
+    """Whether the call is ``proposal="auto"`` with diagnostics, whose pool rule reads the
+    k-hat of all datapoints."""
+    params = inspect.signature(estimator).parameters
+    if "proposal" not in params or "pool_share" not in params:
+        return False
+    proposal = kw.get("proposal", params["proposal"].default)
+    diagnostics = kw.get("diagnostics", params["diagnostics"].default)
+    return isinstance(proposal, str) and proposal == "auto" and diagnostics is not None
+
+
+def _run_auto(
+    estimator: Callable[..., LogLikelihoodResult],
+    group: ProcessGroup,
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    kw: dict[str, Any],
+    index: torch.Tensor,
+) -> LogLikelihoodResult:
+    """``proposal="auto"`` as in one process: the guide on every shard, the pool rule on
+    the k-hat of all datapoints, then the refined proposal on each shard's share of the
+    datapoints it selects (with seeds of their own)."""
+    guided, failure = _estimate(
+        estimator, model, guide, x, {**kw, "proposal": "guide"}, index, group.rank
+    )
+    summary = guided
+    if isinstance(guided, LogLikelihoodResult):
+        summary = (guided.khat, guided.mean_mc_variance is not None)
+    summaries = [p for p in _gather(group, summary, failure) if p is not None]
+    if any(khat is None for khat, _ in summaries) or any(shared for _, shared in summaries):
+        # No k-hat (K < 2), or global sites whose shared draws the passes account for
+        # together: each shard runs the whole rule.
+        whole, failure = _estimate(estimator, model, guide, x, kw, index, group.rank)
+        return _merged(_gather(group, whole, failure), x, kw.get("y"), kw.get("seed"))
+    khat = torch.cat([k.cpu() for k, _ in summaries])
+    mask = needs_refinement(khat, kw.get("pool_share", 0.1))[index.cpu()]
+    local: Any = guided
+    if mask.any():
+        refined, failure = _estimate(
+            estimator,
+            model,
+            guide,
+            x,
+            {**kw, "proposal": "refine"},
+            index[mask.to(index.device)],
+            group.world_size + group.rank,
+        )
+        local = refined if failure is not None else _with_refined(guided, refined, mask)
+    return _merged(_gather(group, local, failure), x, kw.get("y"), kw.get("seed"))
+
+
+def _estimate(
+    estimator: Callable[..., LogLikelihoodResult],
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    kw: dict[str, Any],
+    index: torch.Tensor,
+    stream: int,
+) -> tuple[Any, BaseException | None]:
+    """The estimate of the datapoints ``index`` with seed ``rank_seed(seed, stream)``, on
+    the CPU; ``None`` for no datapoints; a :class:`_Failure` and the error if it raised."""
+    if len(index) == 0:
+        return None, None
     y, seed = kw.get("y"), kw.get("seed")
-    part = group.shard(len(x))
-    local: Any = None
-    failure: BaseException | None = None
-    if part.stop > part.start:
-        shard_kw = {**kw, "y": None if y is None else y[part]}
-        if seed is not None:
-            shard_kw["seed"] = rank_seed(seed, group.rank)
-        try:
-            local = _to_cpu(estimator(model, guide, x[part], **shard_kw))
-        except Exception as err:  # every rank must reach the gather, then raise alike
-            failure, local = err, _Failure(type(err).__name__, str(err))
+    local_kw = {**kw, "y": None if y is None else y[index]}
+    if seed is not None:
+        local_kw["seed"] = rank_seed(seed, stream)
+    try:
+        return _to_cpu(estimator(model, guide, x[index], **local_kw)), None
+    except Exception as err:  # every rank must reach the gather, then raise alike
+        return _Failure(type(err).__name__, str(err)), err
+
+
+def _gather(group: ProcessGroup, local: Any, failure: BaseException | None) -> list[Any]:
+    """Every rank's ``local``, in rank order; raises this rank's error or another's."""
     parts: list[Any] = [None] * group.world_size
     with collective_errors(group.rank, "the gather of the per-datapoint results"):
         dist.all_gather_object(parts, local)
@@ -94,6 +173,12 @@ def _run_shard(
     failed = [p for p in parts if isinstance(p, _Failure)]
     if failed:
         raise failed[0].error()
+    return parts
+
+
+def _merged(
+    parts: list[Any], x: torch.Tensor, y: torch.Tensor | None, seed: int | None
+) -> LogLikelihoodResult:
     result = merge_results([p for p in parts if p is not None])
     result.seed = seed
     result.data_fingerprint = fingerprint(x, y)
@@ -139,6 +224,42 @@ def _cat(values: list[torch.Tensor | None], sizes: list[int]) -> torch.Tensor | 
             v if v is not None else torch.full((n, *like.shape[1:]), fill, dtype=like.dtype)
             for v, n in zip(values, sizes, strict=True)
         ]
+    )
+
+
+def _with_refined(
+    guided: LogLikelihoodResult, refined: LogLikelihoodResult, mask: torch.Tensor
+) -> LogLikelihoodResult:
+    """``guided`` with the datapoints ``mask`` selects re-estimated by ``refined`` (whose
+    rows are those datapoints, in order), as one process merges its passes: the ELBO stays
+    the guide's, and ``guide_only`` keeps the guide's estimate."""
+    n = len(guided)
+
+    def put(base: torch.Tensor | None, new: torch.Tensor | None) -> torch.Tensor | None:
+        if new is None:
+            return base
+        if base is None:
+            fill = False if new.dtype == torch.bool else float("nan")
+            base = torch.full((n, *new.shape[1:]), fill, dtype=new.dtype)
+        base = base.clone()
+        base[mask] = new
+        return base
+
+    fields = {name: put(getattr(guided, name), getattr(refined, name)) for name in _PER_DATAPOINT}
+    fields["elbo_per_datapoint"] = guided.elbo_per_datapoint
+    keys = dict.fromkeys([*guided.extras, *refined.extras])
+    extras = {k: put(guided.extras.get(k), refined.extras.get(k)) for k in keys}
+    proposal = list(guided.proposal or ["guide"] * n)
+    for i in mask.nonzero().squeeze(-1).tolist():
+        proposal[i] = "refine"
+    return LogLikelihoodResult(
+        **fields,
+        num_samples=guided.num_samples,
+        data_fingerprint=guided.data_fingerprint,
+        seed=guided.seed,
+        extras=extras,
+        proposal=proposal,
+        guide_only=guided,
     )
 
 

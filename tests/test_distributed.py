@@ -124,12 +124,19 @@ def _evaluate(model: LinearGaussianModel, x: torch.Tensor) -> dict:
             raise ValueError("bad datapoints on rank 1")
         return torch.zeros(k, target.batch_size)
 
+    # proposal="auto": its pool rule must read the k-hat of all datapoints, not a shard's.
+    narrow = PosteriorGuide(model, scale_factor=0.75).guide
+    auto = ppvae.log_likelihood(model.model, narrow, x, num_samples=100, seed=5, pool_share=0.42)
+
     try:  # every rank raises what one rank's shard raised, instead of waiting for it
         ppvae.log_likelihood(model.model, guide, x, num_samples=4, proposal=fails_on_rank_1)
         raised = None
     except ValueError as err:
         raised = str(err)
     return {
+        "auto": auto.per_datapoint,
+        "auto_proposal": auto.proposal,
+        "auto_guide_khat": (auto.guide_only or auto).khat,
         "raised": raised,
         "exact": exact.per_datapoint,
         "est": [r.per_datapoint for r in runs],
@@ -178,6 +185,13 @@ def test_sharded_evaluation_keeps_every_datapoint_once_in_order(two_ranks, float
     assert sharded["est"][0].shape == (len(x),) and sharded["ais"].shape == (5,)
     torch.testing.assert_close(sharded["est"][0], sharded["est"][1], rtol=0, atol=0)
     assert sharded["raised"] == "bad datapoints on rank 1"
+    # Rank 0's shard (the first 5) alone has too few high k-hat to refine all of its
+    # datapoints, all 11 together have enough: every datapoint was refined, as in one process.
+    bad = sharded["auto_guide_khat"] > 0.5
+    assert bad[:5].double().mean() <= 0.42 < bad.double().mean()
+    assert sharded["auto_proposal"] == ["refine"] * len(x)
+    exact = model.exact_log_likelihood(x).detach()
+    assert (sharded["auto"] - exact).abs().max() < 0.1
     guide = PosteriorGuide(model, scale_factor=1.5, shift=0.3).guide
     one = ppvae.log_likelihood(model.model, guide, x, num_samples=300, proposal="guide", seed=3)
     assert sharded["fingerprint"] == one.data_fingerprint
