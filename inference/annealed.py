@@ -29,6 +29,7 @@ from ppvae.inference.local_target import LocalTarget
 from ppvae.inference.passes import PassRecord, batches, fingerprint, honest_stderr
 from ppvae.inference.result import LogLikelihoodResult
 from ppvae.inference.rng import seeded
+from ppvae.inference.sharding import shard_datapoints
 from ppvae.inference.traces import global_latent_sites
 from ppvae.models.programs import local_params_method
 
@@ -36,6 +37,7 @@ __all__ = ["ais_log_likelihood"]
 
 
 @local_params_method
+@shard_datapoints
 def ais_log_likelihood(
     model: Callable,
     guide: Callable,
@@ -70,6 +72,9 @@ def ais_log_likelihood(
         Makes the run reproducible without touching the caller's random stream.
     batch_size
         Datapoints per batch (default: all; each costs ``num_chains`` chains).
+    distributed
+        Shard the datapoints over the ranks of a ``torchrun`` launch (default ``None``:
+        when there is one); see :func:`~ppvae.inference.sharding.shard_datapoints`.
 
     Returns
     -------

@@ -91,6 +91,10 @@ class BatchLoader:
         Skip the final, smaller batch.
     dynamic_binarize
         Replace each batch by one Bernoulli draw with the batch as probabilities.
+    rank, world_size
+        Distributed training: every rank draws the same global batches (the same seed)
+        and keeps its contiguous share of each (sizes differ by at most one), so that the
+        ranks together see exactly the batches of one process, binarised alike.
     """
 
     def __init__(
@@ -103,6 +107,8 @@ class BatchLoader:
         seed: int | None = None,
         drop_last: bool = False,
         dynamic_binarize: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -113,6 +119,9 @@ class BatchLoader:
         self.batch_size = int(batch_size)
         self.shuffle, self.drop_last, self.dynamic_binarize = shuffle, drop_last, dynamic_binarize
         self.seed = int(torch.randint(2**62, ()).item()) if seed is None else int(seed)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got {rank} of {world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
         self._generator = torch.Generator().manual_seed(self.seed)
 
@@ -142,7 +151,16 @@ class BatchLoader:
             xb = self.x[idx]
             if self.dynamic_binarize:
                 xb = torch.bernoulli(xb, generator=generator)
-            yield xb, None if self.y is None else self.y[idx]
+            yb = None if self.y is None else self.y[idx]
+            if self.world_size > 1:
+                # The whole global batch is drawn above so that the generator advances as
+                # in one process; each rank then keeps its share.
+                n = len(idx)
+                part = slice(
+                    n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
+                )
+                xb, yb = xb[part], None if yb is None else yb[part]
+            yield xb, yb
 
     def state_dict(self) -> dict[str, Any]:
         """Generator state and epoch count, enough to resume the epoch sequence exactly."""

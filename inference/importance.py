@@ -48,6 +48,7 @@ from ppvae.inference.proposals import ProposalFn, needs_refinement, refine_propo
 from ppvae.inference.refine import RefineSettings
 from ppvae.inference.result import LogLikelihoodResult
 from ppvae.inference.rng import seeded
+from ppvae.inference.sharding import shard_datapoints
 from ppvae.inference.weights import GLOBAL_SITES
 from ppvae.models.programs import local_params_method
 
@@ -86,6 +87,7 @@ def _check_args(
 
 
 @local_params_method
+@shard_datapoints
 def log_likelihood(
     model: Callable,
     guide: Callable,
@@ -163,6 +165,11 @@ def log_likelihood(
         called with each batch's ``(B, K)`` log-weights and returns per-datapoint ``(B,)``
         tensors (``khat``, ``ess``, ``reliable`` into those fields, others into
         ``extras``), so that diagnostics need not keep all N × K weights.
+    distributed
+        (Keyword of :func:`~ppvae.inference.sharding.shard_datapoints`.) ``None``
+        (default): under ``torchrun`` (or an initialised process group), each rank
+        estimates its shard of the datapoints and every rank gets the whole result in
+        the original order; ``False``: this process estimates all of them.
 
     Returns
     -------

@@ -23,7 +23,7 @@ import numpy as np
 import pyro
 import torch
 
-__all__ = ["rng_state", "set_rng_state", "seeded", "derive_seeds"]
+__all__ = ["rng_state", "set_rng_state", "seeded", "derive_seeds", "rank_seed"]
 
 # Derived seeds stay below 2**32, the range NumPy's global generator accepts.
 _SEED_RANGE = 2**32
@@ -94,3 +94,15 @@ def derive_seeds(seed: int | None, count: int) -> list[int]:
         seed = int(torch.randint(_SEED_RANGE, ()).item())
     gen = torch.Generator().manual_seed(int(seed))
     return [int(s) for s in torch.randint(_SEED_RANGE, (count,), generator=gen).tolist()]
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank`` of a distributed run whose seed is ``seed``.
+
+    Rank 0 keeps ``seed`` itself, so that a one-process run draws what a plain run draws;
+    every other rank gets a seed derived from both, so that the ranks' draws are
+    independent (and reproducible for a given seed and world size).
+    """
+    if rank == 0:
+        return int(seed)
+    return derive_seeds(int(seed) * 1_000_003 + int(rank), 1)[0]

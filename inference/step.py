@@ -85,6 +85,7 @@ def train_step(
     params: Sequence[torch.Tensor],
     *args: Any,
     clip_norm: float | None = None,
+    sync: Callable[[float, Sequence[torch.Tensor]], float] | None = None,
     **kwargs: Any,
 ) -> StepInfo:
     """Compute ``loss_fn(*args, **kwargs)``, backpropagate and update ``params``.
@@ -103,6 +104,12 @@ def train_step(
         The trained tensors (a list, built once, not a generator), needed for clipping.
     clip_norm
         Clip the total gradient norm to this value.
+    sync
+        Distributed training: ``sync(loss, params)`` replaces the gradients by their
+        average over the ranks and returns the global loss (non-finite when any rank's
+        is), e.g. :meth:`~ppvae.inference.distributed.ProcessGroup.gradient_sync`. It
+        runs on every rank, whatever its loss, and before clipping, so that every rank
+        clips and steps alike.
 
     Returns
     -------
@@ -113,9 +120,12 @@ def train_step(
     # The single host synchronisation of the step: it serves the divergence check and the
     # running average alike.
     value = loss.item()
+    if math.isfinite(value):
+        loss.backward()
+    if sync is not None:
+        value = sync(value, params)
     if not math.isfinite(value):
         return StepInfo(value, None)
-    loss.backward()
     grad_norm = None
     if clip_norm is not None:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)

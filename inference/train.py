@@ -32,12 +32,14 @@ import torch
 from tqdm import tqdm
 
 from ppvae.inference.batches import TrainingData
+from ppvae.inference.distributed import ProcessGroup, process_group
+from ppvae.inference.distributed_fit import distribute_run, sharded_validation
 from ppvae.inference.history import History
 from ppvae.inference.objectives import check_objective
 from ppvae.inference.options import FitOptions
 from ppvae.inference.prepare import TrainingRun, check_model_once, prepare
 from ppvae.inference.resume import save_run
-from ppvae.inference.rng import derive_seeds, seeded
+from ppvae.inference.rng import derive_seeds, rank_seed, seeded
 from ppvae.inference.scaling import kl_weight
 from ppvae.inference.step import TrainingDivergedError, train_step, validation_elbo
 from ppvae.models.programs import local_params_method
@@ -70,6 +72,7 @@ def fit(
     binarize: str | None = None,
     progress: bool = True,
     callback: Callable[[int, History, Any], None] | None = None,
+    distributed: bool | None = None,
 ) -> History:
     """Train ``vae`` by stochastic variational inference on minibatches.
 
@@ -126,7 +129,16 @@ def fit(
     progress
         A progress bar per epoch, shown only when stderr is a terminal.
     callback
-        Called as ``callback(epoch, history, vae)`` after each epoch (and its checkpoint).
+        Called as ``callback(epoch, history, vae)`` after each epoch (and its checkpoint),
+        on every rank of a distributed run.
+    distributed
+        Train on the ranks of a ``torchrun`` launch (:mod:`ppvae.inference.distributed`;
+        ``None``, the default, detects one from ``RANK`` and ``WORLD_SIZE``, ``False``
+        trains on this process alone). Each rank holds all the data and takes its share of
+        every global batch of ``batch_size``; the gradients are averaged so that a step
+        equals the single-process step on that global batch; rank 0 alone writes
+        checkpoints, which resume with any number of ranks. ``device="cuda"`` means the
+        GPU ``LOCAL_RANK`` of each rank.
 
     Returns
     -------
@@ -141,6 +153,9 @@ def fit(
     TrainingDivergedError
         The loss became NaN or infinite (the last checkpoint is left intact).
     """
+    group = process_group(distributed, device)
+    if group is not None:
+        device = group.device(device)
     options = FitOptions(
         elbo=elbo,
         num_particles=num_particles,
@@ -159,7 +174,9 @@ def fit(
         progress=progress,
     )
     check_objective(vae, elbo)
-    loader_seed, sampling_seed = derive_seeds(seed, 2)
+    loader_seed, sampling_seed = derive_seeds(seed if group is None else group.shared_seed(seed), 2)
+    if group is not None:
+        sampling_seed = rank_seed(sampling_seed, group.rank)
     with seeded(sampling_seed):
         run = prepare(
             vae,
@@ -172,13 +189,15 @@ def fit(
             loader_seed=loader_seed,
         )
         check_model_once(run)
+        if group is not None:
+            distribute_run(run, group, resumed=run.history.epochs_completed > 0)
         with _unchecked():
             for epoch in range(run.history.epochs_completed + 1, epochs + 1):
                 if run.history.stopped_early:
                     break
                 start = time.perf_counter()
-                objective, images_per_second = train_epoch(run, epoch)
-                end_epoch(run, epoch, objective, images_per_second, started=start)
+                objective, images_per_second = train_epoch(run, epoch, group=group)
+                end_epoch(run, epoch, objective, images_per_second, started=start, group=group)
                 if callback is not None:
                     callback(epoch, run.history, vae)
     if run.best_state is not None:
@@ -186,14 +205,17 @@ def fit(
     return run.history
 
 
-def train_epoch(run: TrainingRun, epoch: int) -> tuple[float, float]:
-    """One pass of :func:`~ppvae.inference.step.train_step` over the training batches.
+def train_epoch(
+    run: TrainingRun, epoch: int, *, group: ProcessGroup | None = None
+) -> tuple[float, float]:
+    """One pass of :func:`~ppvae.inference.step.train_step` over the training batches
+    (this rank's share of them in a distributed run, the gradients averaged over ``group``).
 
     Returns
     -------
     objective, images_per_second
         The training objective per datapoint averaged over the epoch's batches, and the
-        datapoints processed per second.
+        datapoints processed per second (by all ranks together).
 
     Raises
     ------
@@ -207,13 +229,14 @@ def train_epoch(run: TrainingRun, epoch: int) -> tuple[float, float]:
         run.vae.train()
     batches: Iterable[Any] = iter(run.loader)
     bar = None
-    if options.progress and sys.stderr.isatty():
+    if options.progress and sys.stderr.isatty() and (group is None or group.is_main):
         batches = bar = tqdm(batches, total=len(run.loader), desc=f"epoch {epoch}/{options.epochs}")
     total, seen = 0.0, 0
     for step, (xb, yb) in enumerate(batches, 1):
         args = (xb,) if yb is None else (xb, yb)
+        sync = None if group is None else group.gradient_sync(len(xb))
         info = train_step(
-            run.loss_fn, run.optimizer, run.params, *args, clip_norm=options.clip_norm
+            run.loss_fn, run.optimizer, run.params, *args, clip_norm=options.clip_norm, sync=sync
         )
         if not math.isfinite(info.loss):
             if bar is not None:
@@ -223,11 +246,21 @@ def train_epoch(run: TrainingRun, epoch: int) -> tuple[float, float]:
         seen += len(xb)
         if bar is not None:
             bar.set_postfix(elbo=f"{-total / seen / num_data:.4g}", refresh=False)
+    if group is not None:
+        # Each step's loss is already the global one; weight it by the global batch sizes.
+        total, seen = group.sum(total, seen)
+        group.average_buffers(run.vae)
     return -total / seen / num_data, seen / (time.perf_counter() - start)
 
 
 def end_epoch(
-    run: TrainingRun, epoch: int, objective: float, images_per_second: float, *, started: float
+    run: TrainingRun,
+    epoch: int,
+    objective: float,
+    images_per_second: float,
+    *,
+    started: float,
+    group: ProcessGroup | None = None,
 ) -> None:
     """Record the epoch, validate, decide on early stopping and write the checkpoint.
 
@@ -238,7 +271,7 @@ def end_epoch(
     history.train_objective.append(objective)
     history.beta.append(run.scale.beta)
     history.images_per_second.append(images_per_second)
-    improved = run.data.val is not None and _validate(run, epoch)
+    improved = run.data.val is not None and _validate(run, epoch, group)
     history.epochs_completed = epoch
     stale = 0 if history.best_epoch is None else epoch - history.best_epoch
     history.stopped_early = (
@@ -258,12 +291,15 @@ def end_epoch(
         )
 
 
-def _validate(run: TrainingRun, epoch: int) -> bool:
+def _validate(run: TrainingRun, epoch: int, group: ProcessGroup | None) -> bool:
     """Append the validation bound; whether it is the best so far (kept for early stopping)."""
-    history, data = run.history, run.data
-    value = validation_elbo(
-        run.objective, run.vae, data.val, data.val_y, batch_size=run.options.batch_size
-    )
+    history, data, size = run.history, run.data, run.options.batch_size
+    if group is None:
+        value = validation_elbo(run.objective, run.vae, data.val, data.val_y, batch_size=size)
+    else:
+        value = sharded_validation(
+            run.objective, run.vae, data.val, data.val_y, batch_size=size, group=group
+        )
     history.val_elbo.append(value)
     best = history.best_val_elbo
     improved = best is None or value > best or (math.isnan(best) and value == value)

@@ -11,6 +11,7 @@ traceback, since it is a bug to report.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -25,9 +26,11 @@ from ppvae import TrainingDivergedError, __version__
 from ppvae.app.bdmc import bdmc_run
 from ppvae.app.config import RunConfig, UserError, parse_hidden, read_toml
 from ppvae.app.evaluate import PROPOSALS, compare_runs, evaluate_run
+from ppvae.app.launch import LAUNCHED, LOST_GROUP, launch, quiet_unless_main
 from ppvae.app.rundir import RunDir
 from ppvae.app.summaries import bdmc_sentence, evaluation_rows
 from ppvae.app.train import resume_config, train_run
+from ppvae.inference.distributed import DistributedError, is_main_process
 
 # The commands that draw (sample, report, demo) and `score` import their modules when they
 # run, the one exception to imports at the top: the plotting stack (matplotlib, seaborn,
@@ -113,6 +116,13 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bars or chatter")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on N local processes (torchrun --standalone --nproc-per-node N)",
+    )
     p.set_defaults(func=_train)
 
 
@@ -248,6 +258,8 @@ def _train(args: argparse.Namespace) -> int:
         cfg = resume_config(args.out, requested)
     else:
         cfg = RunConfig.from_dict(requested, source=args.config or "command-line flags")
+    if args.nproc is not None:  # the configuration was checked above, before any launch
+        return launch(args.argv, args.nproc)
     history = train_run(
         cfg, args.out, resume=args.resume, progress=not args.quiet, echo=_echo(args.quiet)
     )
@@ -413,7 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ppvae`` command; returns the exit status."""
     # ArviZ announces its refactor once a day on import; it is no concern of a user here.
     warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
+    quiet_unless_main()  # under torchrun, rank 0 alone prints
     try:
         # The demo's small networks train faster on one thread than on two, and ten times
         # faster when other processes compete for the cores (threads then wait on each
@@ -426,11 +441,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ppvae: interrupted", file=sys.stderr)
         return 130
+    except DistributedError as err:
+        # Another rank died: one line, no traceback (under `--nproc`, the launcher's).
+        if LAUNCHED not in os.environ:
+            print(f"ppvae: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return LOST_GROUP
     except Exception as err:
         if not _is_user_error(err):
             raise
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"ppvae: error: {message}", file=sys.stderr)
+        if is_main_process():  # every rank meets the same bad input; one says so
+            message = " ".join(str(err).split()) or type(err).__name__
+            print(f"ppvae: error: {message}", file=sys.stderr)
         return 2
 
 

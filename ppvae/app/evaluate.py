@@ -40,6 +40,7 @@ from ppvae.inference import (
     khat_threshold,
     log_likelihood,
 )
+from ppvae.inference.distributed import process_group
 
 __all__ = ["PROPOSALS", "evaluate_run", "load_loglik", "compare_runs"]
 
@@ -138,6 +139,12 @@ def _evaluate(
     # The digest of the checkpoint evaluated: a later training makes the record stale.
     digest = run.model_digest()
     cfg, vae = load_model(run.root)
+    # Under torchrun each rank estimates a shard (one GPU per rank); rank 0 writes.
+    group = process_group(None, cfg.device)
+    device = cfg.device if group is None else group.device(cfg.device)
+    vae.to(device)
+    main = group is None or group.is_main
+    progress = progress and main
     ds = load_run_dataset(cfg) if dataset is None else dataset
     check_event_shape(run.root, vae, ds)
     x, y = split_data(ds, split)
@@ -153,7 +160,7 @@ def _evaluate(
         y=y,
         seed=seed,
         progress=None if progress else False,
-        device=cfg.device,
+        device=device,
     )
     seconds = time.perf_counter() - start
     metrics = _metrics(res, proposal, split, seed)
@@ -171,13 +178,15 @@ def _evaluate(
             num_chains=ais_chains,
             seed=seed,
             progress=None if progress else False,
-            device=cfg.device,
+            device=device,
         )
         metrics["ais"] = ais_comparison(
             res, ais_res, num_steps=ais_steps, requested=ais, seconds=time.perf_counter() - start
         )
         record["ais_per_datapoint"] = ais_res.per_datapoint
         record["ais_mc_stderr_per_datapoint"] = ais_res.mc_stderr_per_datapoint
+    if not main:
+        return metrics
     run.write_loglik(split, record)
     run.write_metrics(metrics)
     # What the file holds (non-finite numbers as None), so callers see what readers see.

@@ -52,6 +52,7 @@ from ppvae.app.config import RunConfig, UserError, read_toml, to_toml
 from ppvae.app.runlock import LOCK_NAME, lock_run
 from ppvae.app.tempfiles import file_digest, remove_stale_temporaries
 from ppvae.inference import checkpoint
+from ppvae.inference.distributed import is_main_process
 
 __all__ = [
     "RunDir",
@@ -216,8 +217,12 @@ class RunDir:
     def lock(self) -> Iterator[RunDir]:
         """Hold the run folder's lock for a block (creating the folder if missing).
 
-        Temporary files of killed writes are removed once the lock is held.
+        Temporary files of killed writes are removed once the lock is held. Under torchrun
+        rank 0 holds it for the whole group; the other ranks neither lock nor write.
         """
+        if not is_main_process():
+            yield self
+            return
         with lock_run(self.root):
             for folder in (self.root, self.checkpoints, self.figures):
                 remove_stale_temporaries(folder, all_writers=True)

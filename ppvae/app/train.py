@@ -26,6 +26,7 @@ from ppvae.app.rundir import RunDir
 from ppvae.data import Dataset, load_dataset
 from ppvae.inference import checkpoint, fit
 from ppvae.inference.batches import binarize_once
+from ppvae.inference.distributed import ProcessGroup, process_group
 from ppvae.inference.options import FitOptions
 from ppvae.inference.prepare import check_model_once, prepare
 from ppvae.inference.rng import seeded
@@ -216,6 +217,11 @@ def train_run(
     """
     run = RunDir(run_dir).check_writable("--out")
     check_device(cfg.device)
+    # Under torchrun every rank runs this function; rank 0 alone writes, speaks and holds
+    # the run folder's lock (for the whole group).
+    group = process_group(None, cfg.device)
+    main = group is None or group.is_main
+    echo = echo if main else _silent
     _refuse_overwrite(run, resume)
     ds = load_run_dataset(cfg) if dataset is None else dataset
     cfg = resolve_config(cfg, ds)
@@ -227,8 +233,9 @@ def train_run(
     settings = _fit_settings(cfg)
     _check_training(vae, ds, settings)
     with run.lock():
-        _refuse_overwrite(run, resume)  # again: another process may have trained meanwhile
-        return _train_locked(cfg, run, vae, ds, settings, resume, progress, echo)
+        if main:
+            _refuse_overwrite(run, resume)  # again: another process may have trained meanwhile
+        return _train_locked(cfg, run, vae, ds, settings, resume, progress, echo, group)
 
 
 def _refuse_overwrite(run: RunDir, resume: bool) -> None:
@@ -248,10 +255,15 @@ def _train_locked(
     resume: bool,
     progress: bool,
     echo: Echo,
+    group: ProcessGroup | None,
 ) -> dict[str, Any]:
     """The part of :func:`train_run` that writes: configuration, checkpoints, model."""
-    run.write_config(cfg)
+    main = group is None or group.is_main
     continuing = resume and run.last.is_file()
+    if group is not None:
+        group.barrier("the start of training")  # every rank has read the folder as it was
+    if main:
+        run.write_config(cfg)
     echo(ds.describe())
     echo(
         f"{'resuming' if continuing else 'training'} a VAE (latent {cfg.latent_dim}, hidden "
@@ -268,8 +280,9 @@ def _train_locked(
         callback=lambda epoch, h, _: _log_epoch(echo, epoch, cfg.epochs, h),
     )
     record = history.to_dict()
-    run.write_history(record)
-    run.save_model(vae, history=history, config=cfg.to_dict())
+    if main:
+        run.write_history(record)
+        run.save_model(vae, history=history, config=cfg.to_dict())
     return record
 
 
