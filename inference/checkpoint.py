@@ -23,7 +23,7 @@ from torch import nn
 
 from ppvae.inference.plaindata import differences, object_names, to_plain
 from ppvae.inference.rng import rng_state
-from ppvae.models import VAE, TwoLayerVAE
+from ppvae.models import VAE, VQVAE, TwoLayerVAE
 
 __all__ = [
     "FORMAT",
@@ -39,7 +39,11 @@ FORMAT = "ppvae-checkpoint"
 # 2: guide module attribute `q` renamed `guide_net`; constrained parameters stored unconstrained.
 VERSION = 2
 # Classes that load() can rebuild from their constructor arguments, by saved class name.
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"VAE": VAE, "TwoLayerVAE": TwoLayerVAE}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "VAE": VAE,
+    "TwoLayerVAE": TwoLayerVAE,
+    "VQVAE": VQVAE,
+}
 
 
 def save(

@@ -60,10 +60,14 @@ from ppvae.models.registry import (  # noqa: E402
 )
 from ppvae.models.vae import VAE  # noqa: E402
 from ppvae.models.vamp import VampPrior  # noqa: E402
+from ppvae.models.vq import VQVAE  # noqa: E402
+from ppvae.models.vq_codebook import Codebook  # noqa: E402
 
 __all__ = [
     "VAE",
     "TwoLayerVAE",
+    "VQVAE",
+    "Codebook",
     "Prior",
     "StandardNormal",
     "LearnedNormal",

@@ -9,22 +9,26 @@ from importlib.metadata import PackageNotFoundError, version
 from ppvae.data import Dataset, load_dataset
 from ppvae.inference import (
     IWAE_ELBO,
+    VQ_ELBO,
     BatchLoader,
     BDMCResult,
     History,
     LogLikelihoodResult,
     RefineSettings,
+    SoftVQ_ELBO,
     TrainingDivergedError,
     ais_log_likelihood,
     bdmc,
     compare,
+    exact_log_likelihood,
     fit,
     khat_summary,
     load,
     log_likelihood,
     save,
+    vq_elbo,
 )
-from ppvae.models import VAE, TwoLayerVAE
+from ppvae.models import VAE, VQVAE, TwoLayerVAE
 
 try:
     __version__ = version("ppvae")
@@ -52,4 +56,9 @@ __all__ = [
     "TrainingDivergedError",
     "save",
     "load",
+    "VQVAE",
+    "VQ_ELBO",
+    "SoftVQ_ELBO",
+    "vq_elbo",
+    "exact_log_likelihood",
 ]
