@@ -19,7 +19,7 @@ from ppvae.inference.diagnostics import (
     psis_diagnostics,
     to_inference_data,
 )
-from ppvae.inference.exact import exact_log_likelihood
+from ppvae.inference.exact import bits_per_dim, exact_log_likelihood
 from ppvae.inference.history import History
 from ppvae.inference.importance import log_likelihood
 from ppvae.inference.iwae import IWAE_ELBO
@@ -78,6 +78,7 @@ __all__ = [
     "load",
     "load_checkpoint",
     "exact_log_likelihood",
+    "bits_per_dim",
     "VQ_ELBO",
     "SoftVQ_ELBO",
     "vq_elbo",

@@ -31,7 +31,7 @@ from ppvae.inference.result import LogLikelihoodResult
 from ppvae.inference.traces import _data_frame, particle_plate
 from ppvae.inference.weights import site_log_probs
 
-__all__ = ["exact_log_likelihood", "count_configurations"]
+__all__ = ["exact_log_likelihood", "count_configurations", "bits_per_dim"]
 
 # Floats per chunk (configurations × data × datapoint size) enumerated at once.
 _BLOCK = 2**22
@@ -73,6 +73,16 @@ def _latent_layout(
     if not layout:
         raise ValueError("the model has no latent site to enumerate")
     return layout
+
+
+def bits_per_dim(log_px: torch.Tensor | float, num_dims: int) -> torch.Tensor | float:
+    """−log₂ p(x) / D: a log-likelihood in nats per datapoint as bits per dimension.
+
+    For 8-bit data modelled by a discrete likelihood over the 256 levels (or counts), this
+    is the usual figure of merit; a density over continuous values needs a dequantisation
+    correction first, which this does not apply.
+    """
+    return -log_px / (num_dims * math.log(2.0))
 
 
 def count_configurations(sizes: list[tuple[int, int]]) -> int:

@@ -62,12 +62,14 @@ from ppvae.models.vae import VAE  # noqa: E402
 from ppvae.models.vamp import VampPrior  # noqa: E402
 from ppvae.models.vq import VQVAE  # noqa: E402
 from ppvae.models.vq_codebook import Codebook  # noqa: E402
+from ppvae.models.vq_prior import PixelCNNPrior  # noqa: E402
 
 __all__ = [
     "VAE",
     "TwoLayerVAE",
     "VQVAE",
     "Codebook",
+    "PixelCNNPrior",
     "Prior",
     "StandardNormal",
     "LearnedNormal",

@@ -26,7 +26,7 @@ Self-annealed Stochastic Quantization", ICML.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyro
@@ -263,6 +263,28 @@ class VQVAE(PyroModule):
     def sample(self, n: int) -> torch.Tensor:
         """``n`` datapoints (the likelihood's mean) from codes drawn from p(k)."""
         return self.decode(self.sample_codes(n))
+
+    @torch.no_grad()
+    def log_joint_at_codes(
+        self,
+        x: torch.Tensor,
+        codes: torch.Tensor | None = None,
+        code_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """log p(x | e[k]) + log p(k) per datapoint, at ``codes`` (default: the nearest).
+
+        At the nearest codes this is the hard posterior's ELBO, a lower bound on log p(x).
+        ``code_log_prob`` replaces the model's per-position prior by another prior over
+        whole grids (e.g. :meth:`ppvae.models.vq_prior.PixelCNNPrior.log_prob`), giving
+        the bound under that prior.
+        """
+        codes = self.encode(x) if codes is None else codes
+        params = self.decoder(self.codebook(codes))
+        log_px = self.likelihood(params).log_prob(x)
+        if code_log_prob is not None:
+            return log_px + code_log_prob(codes)
+        prior = dist.Categorical(logits=self.prior_logits)
+        return log_px + prior.log_prob(codes).sum(-1)
 
     @torch.no_grad()
     def fit_code_prior(self, codes: torch.Tensor, pseudo_count: float = 1.0) -> None:

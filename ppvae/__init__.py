@@ -19,6 +19,7 @@ from ppvae.inference import (
     TrainingDivergedError,
     ais_log_likelihood,
     bdmc,
+    bits_per_dim,
     compare,
     exact_log_likelihood,
     fit,
@@ -28,7 +29,7 @@ from ppvae.inference import (
     save,
     vq_elbo,
 )
-from ppvae.models import VAE, VQVAE, TwoLayerVAE
+from ppvae.models import VAE, VQVAE, PixelCNNPrior, TwoLayerVAE
 
 try:
     __version__ = version("ppvae")
@@ -61,4 +62,6 @@ __all__ = [
     "SoftVQ_ELBO",
     "vq_elbo",
     "exact_log_likelihood",
+    "bits_per_dim",
+    "PixelCNNPrior",
 ]

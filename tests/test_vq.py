@@ -6,7 +6,7 @@ import torch
 
 import ppvae
 from ppvae.inference.checkpoint import load, save
-from ppvae.models import VQVAE, Codebook
+from ppvae.models import VQVAE, Codebook, PixelCNNPrior
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,35 @@ def test_learned_prior_and_save_load_round_trip(digits, tmp_path):
     assert back.sample(3).shape == (3, *digits.event_shape)
     with pytest.raises(ValueError, match="prior='learned'"):
         _small(digits).fit_code_prior(codes)
+
+
+def test_pixelcnn_prior_is_causal_exact_and_trains(digits):
+    prior = PixelCNNPrior((2, 3), 8, channels=16, layers=1)
+    codes = torch.randint(8, (1, 6))
+    changed = codes.clone()
+    changed[0, 3] = (codes[0, 3] + 1) % 8
+    a, b = prior.logits(codes), prior.logits(changed)
+    torch.testing.assert_close(a[0, :4], b[0, :4])  # positions up to 3 do not see k_3
+    assert not torch.allclose(a[0, 4:], b[0, 4:])
+    # The Pyro program's log-density is log p(k), exactly.
+    trace = pyro.poutine.trace(prior.model).get_trace(codes)
+    assert trace.log_prob_sum().item() == pytest.approx(prior.log_prob(codes).item(), rel=1e-6)
+    # Codes with a dependency a per-position prior cannot capture: k_1 = k_0.
+    first = torch.randint(8, (600, 1))
+    data = torch.cat([first, first, torch.randint(8, (600, 4))], 1)
+    ppvae.fit(prior, data, epochs=15, lr=1e-2, batch_size=100, seed=0, progress=False)
+    independent = -6 * torch.tensor(8.0).log()
+    assert prior.log_prob(data).mean() > independent + 1.0  # learned about log 8 nats
+    samples = prior.sample(200)
+    assert samples.shape == (200, 6) and (samples[:, 1] == samples[:, 0]).float().mean() > 0.5
+
+
+def test_bound_at_codes_and_bits_per_dim(digits):
+    vq = _small(digits)
+    x = digits.test[:4]
+    bound = vq.log_joint_at_codes(x)
+    loss = ppvae.VQ_ELBO().loss(vq.model, vq.guide, x)
+    assert bound.sum().item() == pytest.approx(-loss, rel=1e-5)
+    flat = vq.log_joint_at_codes(x, code_log_prob=lambda k: torch.zeros(len(k)))
+    torch.testing.assert_close(flat - bound, torch.full((4,), 4 * torch.tensor(16.0).log()))
+    assert ppvae.bits_per_dim(-64 * torch.tensor(2.0).log(), 64) == pytest.approx(1.0)
