@@ -19,7 +19,9 @@ differ in how a gradient reaches the encoder through the discrete codes:
 
 The value of :meth:`loss` is the negative ELBO alone (a bound on −log p(x)); that of
 :meth:`differentiable_loss` adds the codebook and commitment terms. While training (grad
-enabled) they count how often each code is used; :meth:`end_epoch` (which
+enabled) they count how often each code is used, and a codebook not yet initialised
+from data is set to encoder outputs of the first training batch (``init_from_data``,
+applied before the second step); :meth:`end_epoch` (which
 :func:`ppvae.fit` calls after every epoch) returns the epoch's codebook usage and
 perplexity and re-initialises the codes no datapoint used from encoder outputs.
 
@@ -87,10 +89,16 @@ class _VQBase(ELBO):
     """Shared machinery: traces, the closed-form KL, codebook statistics and upkeep."""
 
     def __init__(
-        self, *, reinit_dead: bool = True, codes_site: str = "codes", quantized_site: str = "z_q"
+        self,
+        *,
+        reinit_dead: bool = True,
+        init_from_data: bool = True,
+        codes_site: str = "codes",
+        quantized_site: str = "z_q",
     ) -> None:
         super().__init__(num_particles=1, max_plate_nesting=2)
-        self.reinit_dead = reinit_dead
+        self.reinit_dead, self.init_from_data = reinit_dead, init_from_data
+        self._pending_init: Any = None
         self.codes_site, self.quantized_site = codes_site, quantized_site
         self._counts: torch.Tensor | None = None
         self._pool: torch.Tensor | None = None
@@ -162,12 +170,17 @@ class _VQBase(ELBO):
             self._counts, self._codebook = torch.zeros_like(counts), codebook
         self._counts += counts
         self._pool = z_e.reshape(-1, z_e.shape[-1])
+        if self.init_from_data and not bool(codebook.initialised):
+            self._pending_init = codebook
         if codebook.ema:
             # Applied before the next step: the codebook must not change in place while
             # this step's graph (which may hold it) is still to be differentiated.
             self._pending = (codebook, z_e, codes)
 
     def _apply_pending(self) -> None:
+        if self._pending_init is not None and self._pool is not None:
+            self._pending_init.initialise(self._pool)
+            self._pending_init = None
         if self._pending is not None:
             codebook, z_e, codes = self._pending
             codebook.ema_update(z_e, codes)
@@ -208,6 +221,8 @@ class VQ_ELBO(_VQBase):
         Weight of the commitment term (0.25 in van den Oord et al. 2017).
     reinit_dead
         Re-initialise codes unused during an epoch from encoder outputs.
+    init_from_data
+        Set a fresh codebook to encoder outputs of the first training batch.
     codes_site, quantized_site
         The names of the code site and of the deterministic site of the codebook vectors.
     """
@@ -237,7 +252,7 @@ class SoftVQ_ELBO(_VQBase):
     ----------
     temperature
         Temperature of the relaxed categorical (its gradient's bias and variance trade).
-    reinit_dead, codes_site, quantized_site
+    reinit_dead, init_from_data, codes_site, quantized_site
         As in :class:`VQ_ELBO`.
     """
 

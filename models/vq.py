@@ -45,6 +45,7 @@ from ppvae.models.vq_networks import (
     GridMLPDecoder,
     GridMLPEncoder,
 )
+from ppvae.models.vq_prior import PixelCNNPrior
 
 __all__ = ["VQVAE", "POSTERIORS", "CODE_PRIORS"]
 
@@ -84,8 +85,13 @@ class VQVAE(PyroModule):
     posterior
         ``"hard"`` (nearest code) or ``"soft"`` (categorical with learned σ).
     prior
-        ``"uniform"`` over codes, or ``"learned"``: a categorical per grid position,
-        set from training codes by :meth:`fit_code_prior` (uniform until then).
+        ``"uniform"`` over codes, or ``"learned"``: the model's p(k) is a categorical per
+        grid position, set from training codes by :meth:`fit_code_prior` (uniform until
+        then), and :attr:`code_prior`, a :class:`~ppvae.models.vq_prior.PixelCNNPrior`
+        trained afterwards on the same codes (``ppvae.fit(vq.code_prior, codes)``), is
+        what :meth:`sample` draws codes from.
+    prior_channels
+        Width of the autoregressive prior's layers (``prior="learned"``).
     ema, decay
         Codebook updated by moving averages instead of gradients (:class:`Codebook`).
     init_sigma
@@ -95,6 +101,7 @@ class VQVAE(PyroModule):
     """
 
     max_plate_nesting = 2
+    num_labels = None  # not conditional
 
     def __init__(
         self,
@@ -113,6 +120,7 @@ class VQVAE(PyroModule):
         ema: bool = False,
         decay: float = 0.99,
         init_sigma: float = 1.0,
+        prior_channels: int = 64,
         likelihood_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -139,6 +147,7 @@ class VQVAE(PyroModule):
             ema=bool(ema),
             decay=float(decay),
             init_sigma=float(init_sigma),
+            prior_channels=int(prior_channels),
             likelihood_kwargs=dict(likelihood_kwargs or {}),
         )
         self.likelihood = build(
@@ -151,6 +160,8 @@ class VQVAE(PyroModule):
             self.sigma = PyroParam(torch.tensor(float(init_sigma)), constraints.positive)
         # log π: per grid position; zeros (uniform) until fit_code_prior sets it.
         self.register_buffer("prior_logits", torch.zeros(self.num_positions, num_codes))
+        if prior == "learned":
+            self.code_prior = PixelCNNPrior(self.grid, num_codes, channels=prior_channels)
 
     def _encoder(self, spec: str | nn.Module, hidden: Sequence[int], act: str) -> nn.Module:
         d, g = self.config["code_dim"], self.num_positions
@@ -255,14 +266,21 @@ class VQVAE(PyroModule):
         return self.decode(self.encode(x))
 
     @torch.no_grad()
-    def sample_codes(self, n: int) -> torch.Tensor:
-        """``n`` code grids ``(n, G)`` from the per-position prior p(k)."""
+    def sample_codes(self, n: int, *, autoregressive: bool | None = None) -> torch.Tensor:
+        """``n`` code grids ``(n, G)``: from :attr:`code_prior` (``prior="learned"``, by
+        default) or from the model's per-position p(k)."""
+        if autoregressive is None:
+            autoregressive = self.prior_kind == "learned"
+        if autoregressive:
+            return self.code_prior.sample(n)
         return dist.Categorical(logits=self.prior_logits).sample((n,))
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """``n`` datapoints (the likelihood's mean) from codes drawn from p(k)."""
-        return self.decode(self.sample_codes(n))
+    def sample(self, n: int, y: None = None, *, autoregressive: bool | None = None) -> torch.Tensor:
+        """``n`` datapoints (the likelihood's mean) decoded from :meth:`sample_codes`."""
+        if y is not None:
+            raise ValueError("labels were given but this VQ-VAE is not conditional")
+        return self.decode(self.sample_codes(n, autoregressive=autoregressive))
 
     @torch.no_grad()
     def log_joint_at_codes(

@@ -50,6 +50,8 @@ class Codebook(nn.Module):
         self.ema, self.decay = bool(ema), float(decay)
         init = torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
         self.weight = nn.Parameter(init, requires_grad=not self.ema)
+        # Whether the vectors were set from encoder outputs yet (see ``initialise``).
+        self.register_buffer("initialised", torch.tensor(False))
         if self.ema:
             self.register_buffer("cluster_size", torch.ones(num_codes))
             self.register_buffer("embed_sum", init.clone())
@@ -76,6 +78,16 @@ class Codebook(nn.Module):
         n, eps = self.cluster_size.sum(), 1e-5
         size = (self.cluster_size + eps) / (n + self.num_codes * eps) * n
         self.weight.copy_(self.embed_sum / size.unsqueeze(-1))
+
+    @torch.no_grad()
+    def initialise(self, candidates: torch.Tensor) -> None:
+        """Set every vector to a random encoder output (data-dependent initialisation).
+
+        Vectors drawn from a small box around 0 leave most codes unused while the encoder's
+        outputs are elsewhere; starting them at encoder outputs puts every code in use.
+        """
+        self.reinitialise(torch.ones(self.num_codes, dtype=torch.bool), candidates)
+        self.initialised.fill_(True)
 
     @torch.no_grad()
     def reinitialise(self, dead: torch.Tensor, candidates: torch.Tensor) -> int:

@@ -82,7 +82,7 @@ def test_dead_codes_are_reinitialised_from_encoder_outputs(digits):
     with torch.no_grad():  # every encoder output lands on code 0 at first
         vq.codebook.weight.fill_(100.0)
         vq.codebook.weight[0] = 0.0
-    objective = ppvae.VQ_ELBO()
+    objective = ppvae.VQ_ELBO(init_from_data=False)
     x = digits.train[:64]
     objective.differentiable_loss(vq.model, vq.guide, x)
     z_e = vq.encoder(x).detach().reshape(-1, 4)
@@ -92,9 +92,21 @@ def test_dead_codes_are_reinitialised_from_encoder_outputs(digits):
     assert stats["dead_codes_reinitialised"] == 15
     rows = vq.codebook.weight[1:].detach()
     assert torch.cdist(rows, z_e).min(-1).values.max() < 1e-3  # each is an encoder output
-    off = ppvae.VQ_ELBO(reinit_dead=False)
+    off = ppvae.VQ_ELBO(reinit_dead=False, init_from_data=False)
     off.differentiable_loss(vq.model, vq.guide, x)
     assert off.end_epoch()["dead_codes_reinitialised"] == 0
+
+
+def test_fresh_codebook_starts_at_encoder_outputs(digits):
+    vq = _small(digits)
+    objective = ppvae.VQ_ELBO()
+    x = digits.train[:64]
+    objective.differentiable_loss(vq.model, vq.guide, x)  # the first step records outputs
+    assert not vq.codebook.initialised
+    objective.differentiable_loss(vq.model, vq.guide, x)  # ... and the next applies them
+    assert vq.codebook.initialised
+    z_e = vq.encoder(x).detach().reshape(-1, 4)
+    assert torch.cdist(vq.codebook.weight.detach(), z_e).min(-1).values.max() < 1e-3
 
 
 def test_ema_codebook_moves_towards_assigned_outputs():

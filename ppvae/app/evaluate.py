@@ -29,6 +29,7 @@ from ppvae.app.summaries import (
     proposal_counts,
 )
 from ppvae.app.train import load_model, load_run_dataset, split_data
+from ppvae.app.vq import vq_bounds
 from ppvae.data import Dataset
 from ppvae.inference import (
     LogLikelihoodResult,
@@ -132,6 +133,8 @@ def evaluate_run(
     seconds = time.perf_counter() - start
     metrics = _metrics(res, proposal, split, seed)
     metrics = {"dataset": cfg.dataset, **metrics, "seconds": seconds}
+    if hasattr(vae, "log_joint_at_codes"):  # a VQ-VAE: its bounds under each code prior
+        metrics["vq"] = vq_bounds(vae, x)
     record = _record(res, metrics)
     if ais is not None:
         n = min(ais, len(x))

@@ -18,6 +18,7 @@ import torch
 
 from ppvae.app.config import RunConfig, UserError
 from ppvae.app.rundir import RunDir
+from ppvae.app.vq import build_vqvae, train_code_priors, vq_objective
 from ppvae.data import Dataset, load_dataset
 from ppvae.inference import fit
 from ppvae.inference.batches import binarize_once
@@ -78,6 +79,8 @@ def resolve_config(cfg: RunConfig, ds: Dataset) -> RunConfig:
         changes["likelihood"] = ds.likelihood
     if (cfg.likelihood in (None, ds.likelihood)) and not cfg.likelihood_kwargs:
         changes["likelihood_kwargs"] = dict(ds.likelihood_kwargs)
+    if cfg.model == "vqvae" and cfg.prior == "normal":
+        changes["prior"] = "learned"  # the default prior of a VAE means "learned" here
     if cfg.conditional and cfg.num_labels is None:
         if ds.num_labels is None:
             raise UserError(
@@ -88,8 +91,10 @@ def resolve_config(cfg: RunConfig, ds: Dataset) -> RunConfig:
     return cfg.replace(**changes)
 
 
-def build_vae(cfg: RunConfig, event_shape: Sequence[int]) -> VAE:
-    """The VAE a (resolved) configuration describes."""
+def build_vae(cfg: RunConfig, event_shape: Sequence[int]) -> Any:
+    """The VAE (or, with ``model = "vqvae"``, the VQ-VAE) a configuration describes."""
+    if cfg.model == "vqvae":
+        return build_vqvae(cfg, event_shape)
     return VAE(
         event_shape,
         cfg.latent_dim,
@@ -171,7 +176,7 @@ def train_run(
     history = fit(
         vae,
         ds,
-        elbo=cfg.elbo,
+        elbo=vq_objective(vae) if cfg.model == "vqvae" else cfg.elbo,
         num_particles=cfg.particles,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
@@ -188,6 +193,8 @@ def train_run(
         progress=progress,
         callback=lambda epoch, h, _: _log_epoch(echo, epoch, cfg.epochs, h),
     )
+    if cfg.model == "vqvae":
+        train_code_priors(vae, ds, cfg, progress=progress, echo=echo)
     record = history.to_dict()
     run.write_history(record)
     run.save_model(vae, history=history, config=cfg.to_dict())
