@@ -56,6 +56,18 @@ CODE_PRIORS = ("uniform", "learned")
 _EXCLUDED = -1.0e4
 
 
+class _NearestCode(dist.Categorical):
+    """The hard posterior: a categorical whose logits put all mass on one code.
+
+    Sampling it is taking that code (the argmax), which skips a multinomial draw per
+    position; every density is the categorical's.
+    """
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        return self.logits.argmax(-1).expand(shape)
+
+
 def _grid(grid: int | Sequence[int]) -> tuple[int, ...]:
     shape = (int(grid),) if isinstance(grid, int) else tuple(int(g) for g in grid)
     if not shape or min(shape) < 1:
@@ -226,7 +238,8 @@ class VQVAE(PyroModule):
         data, grid = self._plates(x, num_data)
         with data, grid:
             infer = {"vq_encoding": z_e, "vq_codebook": self.codebook}
-            return pyro.sample("codes", dist.Categorical(logits=self._logits(z_e)), infer=infer)
+            family = _NearestCode if self.posterior == "hard" else dist.Categorical
+            return pyro.sample("codes", family(logits=self._logits(z_e)), infer=infer)
 
     def _logits(self, z_e: torch.Tensor) -> torch.Tensor:
         d2 = self.codebook.distances(z_e)
