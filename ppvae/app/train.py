@@ -168,8 +168,14 @@ def train_run(
     run.write_config(cfg)
     continuing = resume and run.last.is_file()
     echo(ds.describe())
+    what = (
+        f"VQ-VAE ({cfg.num_codes} codes of size {cfg.code_dim}, grid "
+        f"{'x'.join(map(str, cfg.grid))}, {cfg.posterior} posterior"
+        if cfg.model == "vqvae"
+        else f"VAE (latent {cfg.latent_dim}"
+    )
     echo(
-        f"{'resuming' if continuing else 'training'} a VAE (latent {cfg.latent_dim}, hidden "
+        f"{'resuming' if continuing else 'training'} a {what}, hidden "
         f"{'-'.join(map(str, cfg.hidden))}, {cfg.likelihood} likelihood) for {cfg.epochs} "
         f"epochs into {run.root}"
     )
