@@ -19,6 +19,7 @@ from ppvae.inference.diagnostics import (
     psis_diagnostics,
     to_inference_data,
 )
+from ppvae.inference.exact import bits_per_dim, exact_log_likelihood
 from ppvae.inference.history import History
 from ppvae.inference.importance import log_likelihood
 from ppvae.inference.iwae import IWAE_ELBO
@@ -33,6 +34,7 @@ from ppvae.inference.rng import seeded
 from ppvae.inference.scaling import LatentScale, kl_weight
 from ppvae.inference.step import StepInfo, TrainingDivergedError, train_step, validation_elbo
 from ppvae.inference.train import fit
+from ppvae.inference.vq_objectives import VQ_ELBO, SoftVQ_ELBO, vq_elbo
 from ppvae.inference.weights import per_datapoint_log_weights
 
 __all__ = [
@@ -76,4 +78,9 @@ __all__ = [
     "load",
     "load_checkpoint",
     "checkpoint_digest",
+    "exact_log_likelihood",
+    "bits_per_dim",
+    "VQ_ELBO",
+    "SoftVQ_ELBO",
+    "vq_elbo",
 ]

@@ -33,7 +33,7 @@ from torch import nn
 from ppvae.inference.integrity import check_sizes, load_state, seal, state_digest, verify
 from ppvae.inference.plaindata import differences, object_names, to_plain
 from ppvae.inference.rng import rng_state
-from ppvae.models import VAE, LinearGaussianModel, LinearGuide, TwoLayerVAE
+from ppvae.models import VAE, VQVAE, LinearGaussianModel, LinearGuide, TwoLayerVAE
 
 __all__ = [
     "FORMAT",
@@ -58,6 +58,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "TwoLayerVAE": TwoLayerVAE,
     "LinearGaussianModel": LinearGaussianModel,
     "LinearGuide": LinearGuide,
+    "VQVAE": VQVAE,
 }
 
 

@@ -40,6 +40,9 @@ class History:
         validation data.
     stopped_early
         Whether early stopping ended the run before the requested number of epochs.
+    metrics
+        Further per-epoch numbers by name, from the objective's ``end_epoch()`` when it
+        has one (e.g. codebook usage and perplexity of a VQ-VAE's objective).
     """
 
     train_objective: list[float] = field(default_factory=list)
@@ -50,6 +53,7 @@ class History:
     epochs_completed: int = 0
     best_epoch: int | None = None
     stopped_early: bool = False
+    metrics: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def best_val_elbo(self) -> float | None:
@@ -75,4 +79,5 @@ class History:
         if unknown:
             raise ValueError(f"unknown History fields {unknown}: expected some of {sorted(known)}")
         kwargs = {k: list(v) if isinstance(v, list | tuple) else v for k, v in data.items()}
+        kwargs["metrics"] = {k: list(v) for k, v in kwargs.get("metrics", {}).items()}
         return cls(**kwargs)

@@ -44,7 +44,12 @@ import torch
 from ppvae.inference.diagnostics import psis_diagnostics
 from ppvae.inference.estimation import Estimation
 from ppvae.inference.passes import summarise_log_weights
-from ppvae.inference.proposals import ProposalFn, needs_refinement, refine_proposal
+from ppvae.inference.proposals import (
+    ProposalFn,
+    discrete_local_sites,
+    needs_refinement,
+    refine_proposal,
+)
 from ppvae.inference.refine import RefineSettings
 from ppvae.inference.result import LogLikelihoodResult
 from ppvae.inference.rng import seeded
@@ -109,7 +114,7 @@ def log_likelihood(
     | None = "psis",
     pool_share: float = 0.1,
     data_plate: str = "data",
-    max_plate_nesting: int = 1,
+    max_plate_nesting: int | None = None,
 ) -> LogLikelihoodResult:
     """Estimate log p(x_n) for every datapoint by importance sampling.
 
@@ -130,6 +135,9 @@ def log_likelihood(
         ``pool_share`` do (:func:`ppvae.inference.proposals.needs_refinement`).
         ``"guide"``: the guide only. ``"refine"``: every datapoint with a refined
         proposal (:mod:`ppvae.inference.refine`; needs continuous local latents).
+        Models with discrete local latents (a VQ-VAE's codes) are estimated with the
+        guide: ``"auto"`` then refines nothing and marks the datapoints it would have
+        refined in ``extras["unrefined_discrete"]``; ``"refine"`` raises ``ValueError``.
         A callable ``proposal(target, num_samples, chunk_size)`` gets a
         :class:`~ppvae.inference.local_target.LocalTarget` per batch and returns
         ``(K, B)`` log-weights (or those and a dict of ``(B,)`` extras).
@@ -171,6 +179,10 @@ def log_likelihood(
         estimates its shard of the datapoints and every rank gets the whole result in
         the original order; ``False``: this process estimates all of them.
 
+    max_plate_nesting
+        Plates the model nests (the particle plate goes left of them); by default the
+        model's owner's ``max_plate_nesting`` attribute (2 for a VQ-VAE), else 1.
+
     Returns
     -------
     LogLikelihoodResult
@@ -183,7 +195,10 @@ def log_likelihood(
     if device is not None:
         x = x.to(device)
         y = None if y is None else y.to(device)
-    check = getattr(getattr(model, "__self__", None), "check_data", None)
+    owner = getattr(model, "__self__", None)
+    if max_plate_nesting is None:
+        max_plate_nesting = int(getattr(owner, "max_plate_nesting", 1))
+    check = getattr(owner, "check_data", None)
     if callable(check):
         check(x, y)
     if diagnostics == "psis":
@@ -216,6 +231,17 @@ def log_likelihood(
             khat = guide_only.khat
             mask = needs_refinement(khat, pool_share) if khat is not None else ~mask
         if not mask.any():
+            return guide_only
+        discrete = discrete_local_sites(guide, x[:1], None if y is None else y[:1], data_plate)
+        if discrete:
+            if proposal == "refine":
+                raise ValueError(
+                    f"proposal='refine' needs continuous local latents, but {discrete} "
+                    "are discrete: use proposal='guide' (or ppvae.exact_log_likelihood)"
+                )
+            # Refined proposals are Gaussian: the guide's estimate stands, and the
+            # datapoints whose k-hat asked for more are marked.
+            guide_only.extras["unrefined_discrete"] = mask
             return guide_only
         refined = context.proposal_pass(refine_proposal(refine), mask.nonzero().squeeze(-1))
         res = context.result({"guide": guide_pass, "refine": refined}, seed)

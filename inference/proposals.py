@@ -22,16 +22,19 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from pyro import poutine
 
 from ppvae.inference.local_target import LocalTarget
 from ppvae.inference.passes import FINITE_VARIANCE_KHAT
 from ppvae.inference.refine import RefineSettings, fit_refined_proposal, refined_log_weights
+from ppvae.inference.traces import _data_frame
 
 __all__ = [
     "ProposalFn",
     "refine_proposal",
     "needs_refinement",
     "call_proposal",
+    "discrete_local_sites",
 ]
 
 ProposalFn = Callable[..., Any]
@@ -98,3 +101,24 @@ def call_proposal(
             f"batch) = {expected}"
         )
     return lw.detach(), {k: torch.as_tensor(v).detach() for k, v in extras.items()}
+
+
+def discrete_local_sites(
+    guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None, data_plate: str = "data"
+) -> list[str]:
+    """The guide's latent sites inside ``pyro.plate(data_plate)`` with discrete support.
+
+    Refined proposals are Gaussian in an unconstrained space, so they cannot propose these;
+    :func:`ppvae.inference.importance.log_likelihood` keeps the guide's estimate for them.
+    """
+    args = (x,) if y is None else (x, y)
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(guide).get_trace(*args)
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and _data_frame(site, data_plate) is not None
+        and site["fn"].support.is_discrete
+    ]

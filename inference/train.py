@@ -271,6 +271,10 @@ def end_epoch(
     history.train_objective.append(objective)
     history.beta.append(run.scale.beta)
     history.images_per_second.append(images_per_second)
+    # Objectives with per-epoch statistics (the VQ objectives' codebook usage) report them here.
+    epoch_stats = getattr(run.objective, "end_epoch", None)
+    for key, value in (epoch_stats() if callable(epoch_stats) else {}).items():
+        history.metrics.setdefault(key, []).append(value)
     improved = run.data.val is not None and _validate(run, epoch, group)
     history.epochs_completed = epoch
     stale = 0 if history.best_epoch is None else epoch - history.best_epoch

@@ -58,10 +58,16 @@ from ppvae.models.registry import (
 )
 from ppvae.models.vae import VAE
 from ppvae.models.vamp import VampPrior
+from ppvae.models.vq import VQVAE
+from ppvae.models.vq_codebook import Codebook
+from ppvae.models.vq_prior import PixelCNNPrior
 
 __all__ = [
     "VAE",
     "TwoLayerVAE",
+    "VQVAE",
+    "Codebook",
+    "PixelCNNPrior",
     "Prior",
     "StandardNormal",
     "LearnedNormal",

@@ -10,23 +10,28 @@ from ppvae.augment import augment
 from ppvae.data import Dataset, load_dataset
 from ppvae.inference import (
     IWAE_ELBO,
+    VQ_ELBO,
     BatchLoader,
     BDMCResult,
     History,
     LogLikelihoodResult,
     RefineSettings,
+    SoftVQ_ELBO,
     TrainingDivergedError,
     ais_log_likelihood,
     bdmc,
+    bits_per_dim,
     checkpoint_digest,
     compare,
+    exact_log_likelihood,
     fit,
     khat_summary,
     load,
     log_likelihood,
     save,
+    vq_elbo,
 )
-from ppvae.models import VAE, TwoLayerVAE
+from ppvae.models import VAE, VQVAE, PixelCNNPrior, TwoLayerVAE
 
 try:
     __version__ = version("ppvae")
@@ -56,4 +61,11 @@ __all__ = [
     "load",
     "augment",
     "checkpoint_digest",
+    "VQVAE",
+    "VQ_ELBO",
+    "SoftVQ_ELBO",
+    "vq_elbo",
+    "exact_log_likelihood",
+    "bits_per_dim",
+    "PixelCNNPrior",
 ]

@@ -24,6 +24,7 @@ from torchvision.utils import make_grid
 from ppvae.inference.khat import KHAT_LABELS, khat_labels, khat_threshold
 
 __all__ = [
+    "plot_codebook_usage",
     "use_headless_backend",
     "KHAT_COLOURS",
     "is_image_shape",
@@ -404,3 +405,36 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110) ->
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
+
+
+def plot_codebook_usage(
+    counts: ArrayLike, perplexity: ArrayLike | None = None, *, title: str = "Codebook usage"
+) -> Figure:
+    """How often each code is used (sorted), and the codebook perplexity per epoch.
+
+    Parameters
+    ----------
+    counts
+        Number of grid positions assigned to each code, ``(K,)``.
+    perplexity
+        exp of the entropy of the code frequencies per training epoch (K at best).
+    """
+    counts = np.sort(_np(counts))[::-1]
+    panels = 2 if perplexity is not None and len(perplexity) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
+    ax = axes[0, 0]
+    ax.bar(np.arange(len(counts)), counts / max(counts.sum(), 1), width=1.0)
+    used = int((counts > 0).sum())
+    ax.set_xlabel("code (sorted by use)")
+    ax.set_ylabel("share of positions")
+    ax.set_title(f"{title}: {used} of {len(counts)} codes used")
+    if panels == 2:
+        p = _np(perplexity)
+        axes[0, 1].plot(np.arange(1, len(p) + 1), p)
+        axes[0, 1].axhline(len(counts), ls="--", c="grey", lw=1, label="K")
+        axes[0, 1].set_xlabel("epoch")
+        axes[0, 1].set_ylabel("perplexity")
+        axes[0, 1].set_title("Codebook perplexity")
+        axes[0, 1].legend()
+    fig.tight_layout()
+    return fig

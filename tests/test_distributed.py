@@ -212,10 +212,17 @@ def test_cli_trains_on_two_ranks_and_resumes_on_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = load_checkpoint(run / "checkpoints" / "last.pt")
     assert first["history"]["epochs_completed"] == 2
-    # Rank 0 alone wrote: one set of files, no temporary or per-rank leftovers.
+    # Rank 0 alone wrote (and locked): one set of files, no temporary or per-rank leftovers.
     files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
     assert files == sorted(
-        ["config.toml", "history.json", "model.pt", "checkpoints/last.pt", "checkpoints/best.pt"]
+        [
+            "config.toml",
+            "history.json",
+            "model.pt",
+            "ppvae.lock",
+            "checkpoints/last.pt",
+            "checkpoints/best.pt",
+        ]
     )
     assert main(["train", "--resume", "--epochs", "3", "--out", str(run), "--quiet"]) == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["history"]["epochs_completed"] == 3

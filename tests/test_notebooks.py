@@ -29,6 +29,7 @@ EXPECTED = {
     "04_swapping_guides.ipynb",
     "05_anomaly_detection.ipynb",
     "08_data_augmentation.ipynb",
+    "06_vector_quantised.ipynb",
 }
 KERNEL = "python3"
 # Seconds per notebook, start to finish (and so per cell). With the default settings each

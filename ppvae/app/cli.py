@@ -30,6 +30,7 @@ from ppvae.app.launch import LAUNCHED, LOST_GROUP, launch, quiet_unless_main
 from ppvae.app.rundir import RunDir
 from ppvae.app.summaries import bdmc_sentence, evaluation_rows
 from ppvae.app.train import resume_config, train_run
+from ppvae.app.vq import vq_rows
 from ppvae.inference.distributed import DistributedError, is_main_process
 
 # The commands that draw (sample, report, demo) and `score` import their modules when they
@@ -61,6 +62,12 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--kl-anneal", "kl_anneal", int, "epochs over which the KL weight ramps up to beta"),
     ("--clip-norm", "clip_norm", float, "gradient-norm clipping"),
     ("--seed", "seed", int, "random seed"),
+    ("--model", "model", str, "vae or vqvae (vector-quantised)"),
+    ("--num-codes", "num_codes", int, "codebook size K (vqvae)"),
+    ("--code-dim", "code_dim", int, "size of a codebook vector (vqvae)"),
+    ("--grid", "grid", str, "code grid, e.g. 7,7 (vqvae; 7,7 with the conv networks)"),
+    ("--posterior", "posterior", str, "hard or soft (vqvae)"),
+    ("--prior-epochs", "prior_epochs", int, "epochs of the learned code prior (vqvae)"),
     ("--device", "device", str, "cpu, cuda, ..."),
     ("--patience", "patience", int, "early stopping after this many epochs without progress"),
 ]
@@ -249,6 +256,8 @@ def _requested(args: argparse.Namespace) -> dict[str, Any]:
     flags = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
     if "hidden" in flags:
         flags["hidden"] = parse_hidden(flags["hidden"])
+    if "grid" in flags:
+        flags["grid"] = parse_hidden(flags["grid"], flag="--grid")
     return {**values, **flags}
 
 
@@ -284,7 +293,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         ais_steps=args.ais_steps,
         ais_chains=args.ais_chains,
     )
-    _print_rows(evaluation_rows(m))
+    _print_rows(evaluation_rows(m) + vq_rows(m))
     return 0
 
 

@@ -22,6 +22,8 @@ from typing import Any
 __all__ = ["RunConfig", "UserError", "parse_hidden", "read_toml", "to_toml"]
 
 ELBOS = ("trace", "meanfield", "iwae")
+MODELS = ("vae", "vqvae")
+VQ_POSTERIORS = ("hard", "soft")
 BINARIZE = ("auto", "dynamic", "static", "threshold", "none")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -37,9 +39,15 @@ class RunConfig:
     ``likelihood = None`` and empty ``likelihood_kwargs`` mean "the dataset's suggested
     observation model"; ``train`` resolves them (digits: Binomial with 16 trials) and
     writes the resolved values, so a saved configuration never depends on defaults.
+
+    ``model = "vqvae"`` trains a vector-quantised VAE (:class:`ppvae.models.vq.VQVAE`)
+    with ``num_codes``, ``code_dim``, ``grid`` and ``posterior``; its ``prior`` is
+    ``"learned"`` (a per-position categorical and an autoregressive prior, trained for
+    ``prior_epochs`` after the VQ-VAE) or ``"uniform"``, and ``latent_dim`` is unused.
     """
 
     dataset: str = "digits"
+    model: str = "vae"
     data_dir: str | None = None
     download: bool = False
     binarize: str = "auto"
@@ -66,6 +74,11 @@ class RunConfig:
     patience: int | None = None
     seed: int = 0
     device: str = "cpu"
+    num_codes: int = 64
+    code_dim: int = 16
+    grid: list[int] = field(default_factory=lambda: [4])
+    posterior: str = "hard"
+    prior_epochs: int = 20
     prior_kwargs: dict[str, Any] = field(default_factory=dict)
     likelihood_kwargs: dict[str, Any] = field(default_factory=dict)
     guide_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -91,12 +104,21 @@ class RunConfig:
             (self.clip_norm is None or self.clip_norm > 0, "clip_norm must be positive"),
             (0 <= self.val_fraction < 1, "val_fraction must lie in [0, 1)"),
             (self.num_labels is None or self.num_labels >= 2, "num_labels must be >= 2"),
+            (self.num_codes >= 2 and self.code_dim >= 1, "num_codes >= 2 and code_dim >= 1"),
+            (len(self.grid) >= 1 and min(self.grid) >= 1, "grid sizes must be >= 1"),
+            (self.prior_epochs >= 0, "prior_epochs must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(f"{message}: fix the flag or the config file")
         if self.elbo not in ELBOS:
             raise UserError(f"unknown elbo {self.elbo!r}: choose one of {', '.join(ELBOS)}")
+        if self.model not in MODELS:
+            raise UserError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
+        if self.posterior not in VQ_POSTERIORS:
+            raise UserError(
+                f"unknown posterior {self.posterior!r}: choose one of {', '.join(VQ_POSTERIORS)}"
+            )
         if self.binarize not in BINARIZE:
             raise UserError(
                 f"unknown binarize {self.binarize!r}: choose one of {', '.join(BINARIZE)}"
@@ -175,15 +197,15 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported field type {tp!r} for {name}")  # a bug, not a user error
 
 
-def parse_hidden(text: str) -> list[int]:
-    """Parse ``"400,400"`` into ``[400, 400]``."""
+def parse_hidden(text: str, flag: str = "--hidden") -> list[int]:
+    """Parse ``"400,400"`` into ``[400, 400]`` (``flag`` names the option in errors)."""
     try:
         widths = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         widths = []
     if not widths or min(widths) < 1:
         raise UserError(
-            f"invalid --hidden {text!r}: give comma-separated positive widths such as 400,400"
+            f"invalid {flag} {text!r}: give comma-separated positive sizes such as 400,400"
         )
     return widths
 

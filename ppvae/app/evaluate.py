@@ -31,6 +31,7 @@ from ppvae.app.summaries import (
     stale_sentence,
 )
 from ppvae.app.train import check_event_shape, load_model, load_run_dataset, split_data
+from ppvae.app.vq import vq_bounds
 from ppvae.data import Dataset
 from ppvae.inference import (
     LogLikelihoodResult,
@@ -165,6 +166,8 @@ def _evaluate(
     seconds = time.perf_counter() - start
     metrics = _metrics(res, proposal, split, seed)
     metrics = {"dataset": cfg.dataset, **metrics, "seconds": seconds, "checkpoint_sha256": digest}
+    if hasattr(vae, "log_joint_at_codes"):  # a VQ-VAE: its bounds under each code prior
+        metrics["vq"] = vq_bounds(vae, x)
     record = _record(res, metrics)
     if ais is not None:
         n = min(ais, len(x))

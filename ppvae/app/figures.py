@@ -19,6 +19,7 @@ import torch
 
 from ppvae import plots
 from ppvae.app.evaluation_figures import evaluation_figures
+from ppvae.app.vq_figures import vq_figures
 
 __all__ = ["FigureRecord", "display_range", "slerp", "lerp", "make_run_figures"]
 
@@ -212,7 +213,11 @@ def make_run_figures(
     figures: list[tuple[str, Any, str, str]] = []
     notes: list[str] = []
     with torch.no_grad():
-        if plots.is_image_shape(x.shape[1:]):
+        if hasattr(vae, "codebook"):  # a VQ-VAE: no continuous latent to draw
+            image = plots.is_image_shape(x.shape[1:])
+            value_range = display_range(vae.likelihood, x) if image else None
+            figures += vq_figures(vae, x, value_range, history, seed)
+        elif plots.is_image_shape(x.shape[1:]):
             value_range = display_range(vae.likelihood, x)
             figures += _image_figures(vae, x, y, value_range, seed, interpolation)
         else:
@@ -222,7 +227,8 @@ def make_run_figures(
             )
             if len(x.shape[1:]) == 1:
                 figures.append(_feature_figure(vae, x, split, seed))
-        figures.append(_latent_figure(vae, x, y, split, seed, projection, max_points))
+        if not hasattr(vae, "codebook"):
+            figures.append(_latent_figure(vae, x, y, split, seed, projection, max_points))
     if history and history.get("train_objective"):
         figures.append(
             (

@@ -269,11 +269,15 @@ class RunDir:
         return checkpoint.save(vae, self.model, history=history, config=config)
 
     def load_model(
-        self, map_location: torch.device | str = "cpu", expected: dict[str, Any] | None = None
+        self,
+        map_location: torch.device | str = "cpu",
+        expected: dict[str, Any] | None = None,
+        expected_class: str = "VAE",
     ) -> Any:
         """The trained model; :class:`UserError` when training has not finished.
 
-        ``expected`` holds the constructor arguments ``config.toml`` implies; a checkpoint
+        ``expected`` (and ``expected_class``) hold the constructor arguments (and class)
+        ``config.toml`` implies; a checkpoint
         stored with other ones (another run's ``model.pt`` copied here, say) is refused
         before any network is built.
         """
@@ -282,13 +286,18 @@ class RunDir:
             raise UserError(f"{self.root} has not finished training (no model.pt): run '{fix}'")
         saved = checkpoint.load_checkpoint(self.model, map_location=map_location)
         if expected is not None:
-            self._check_model_config(saved, expected)
+            self._check_model_config(saved, expected, expected_class)
         return checkpoint.restore_model(saved, source=str(self.model), map_location=map_location)
 
-    def _check_model_config(self, saved: dict[str, Any], expected: dict[str, Any]) -> None:
+    def _check_model_config(
+        self, saved: dict[str, Any], expected: dict[str, Any], expected_class: str
+    ) -> None:
         stored = saved.get("model_config") or {}
-        if saved.get("model_class") != "VAE":
-            changed = [f"class: VAE in config.toml, {saved.get('model_class')} in the checkpoint"]
+        if saved.get("model_class") != expected_class:
+            changed = [
+                f"class: {expected_class} in config.toml, {saved.get('model_class')} in the "
+                "checkpoint"
+            ]
         else:
             changed = [
                 f"{k}: {_plain(v)!r} in config.toml, {_plain(stored.get(k))!r} in the checkpoint"

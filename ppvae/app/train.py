@@ -23,6 +23,7 @@ import torch
 
 from ppvae.app.config import RunConfig, UserError
 from ppvae.app.rundir import RunDir
+from ppvae.app.vq import build_vqvae, train_code_priors, vq_arguments, vq_objective
 from ppvae.data import Dataset, load_dataset
 from ppvae.inference import checkpoint, fit
 from ppvae.inference.batches import binarize_once
@@ -89,6 +90,8 @@ def resolve_config(cfg: RunConfig, ds: Dataset) -> RunConfig:
         changes["likelihood"] = ds.likelihood
     if (cfg.likelihood in (None, ds.likelihood)) and not cfg.likelihood_kwargs:
         changes["likelihood_kwargs"] = dict(ds.likelihood_kwargs)
+    if cfg.model == "vqvae" and cfg.prior == "normal":
+        changes["prior"] = "learned"  # the default prior of a VAE means "learned" here
     if cfg.conditional and cfg.num_labels is None:
         if ds.num_labels is None:
             raise UserError(
@@ -99,8 +102,15 @@ def resolve_config(cfg: RunConfig, ds: Dataset) -> RunConfig:
     return cfg.replace(**changes)
 
 
+def model_class(cfg: RunConfig) -> str:
+    """The name of the model class a configuration builds (as checkpoints record it)."""
+    return "VQVAE" if cfg.model == "vqvae" else "VAE"
+
+
 def model_arguments(cfg: RunConfig) -> dict[str, Any]:
-    """The VAE's constructor arguments (all but the event shape) a configuration gives."""
+    """The model's constructor arguments (all but the event shape) a configuration gives."""
+    if cfg.model == "vqvae":
+        return vq_arguments(cfg)
     return dict(
         latent_dim=cfg.latent_dim,
         prior=cfg.prior,
@@ -117,8 +127,10 @@ def model_arguments(cfg: RunConfig) -> dict[str, Any]:
     )
 
 
-def build_vae(cfg: RunConfig, event_shape: Sequence[int]) -> VAE:
-    """The VAE a (resolved) configuration describes."""
+def build_vae(cfg: RunConfig, event_shape: Sequence[int]) -> Any:
+    """The VAE (or, with ``model = "vqvae"``, the VQ-VAE) a configuration describes."""
+    if cfg.model == "vqvae":
+        return build_vqvae(cfg, event_shape)
     return VAE(event_shape, **{**model_arguments(cfg), "hidden": tuple(cfg.hidden)})
 
 
@@ -231,6 +243,8 @@ def train_run(
     # Refuse what the run cannot use before anything is written.
     vae.check_data(ds.test, ds.test_labels if vae.num_labels is not None else None)
     settings = _fit_settings(cfg)
+    if cfg.model == "vqvae":
+        settings["elbo"] = vq_objective(vae)
     _check_training(vae, ds, settings)
     with run.lock():
         if main:
@@ -265,8 +279,14 @@ def _train_locked(
     if main:
         run.write_config(cfg)
     echo(ds.describe())
+    what = (
+        f"VQ-VAE ({cfg.num_codes} codes of size {cfg.code_dim}, grid "
+        f"{'x'.join(map(str, cfg.grid))}, {cfg.posterior} posterior"
+        if cfg.model == "vqvae"
+        else f"VAE (latent {cfg.latent_dim}"
+    )
     echo(
-        f"{'resuming' if continuing else 'training'} a VAE (latent {cfg.latent_dim}, hidden "
+        f"{'resuming' if continuing else 'training'} a {what}, hidden "
         f"{'-'.join(map(str, cfg.hidden))}, {cfg.likelihood} likelihood) for {cfg.epochs} "
         f"epochs into {run.root}"
     )
@@ -279,6 +299,8 @@ def _train_locked(
         progress=progress,
         callback=lambda epoch, h, _: _log_epoch(echo, epoch, cfg.epochs, h),
     )
+    if cfg.model == "vqvae":
+        train_code_priors(vae, ds, cfg, progress=progress, echo=echo)
     record = history.to_dict()
     if main:
         run.write_history(record)
@@ -301,7 +323,11 @@ def load_model(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, Any]:
     """The configuration and trained model of a run (in eval mode, on the run's device)."""
     run = RunDir(run_dir).require()
     cfg = run.read_config()
-    vae = run.load_model(map_location=check_device(cfg.device), expected=model_arguments(cfg))
+    vae = run.load_model(
+        map_location=check_device(cfg.device),
+        expected=model_arguments(cfg),
+        expected_class=model_class(cfg),
+    )
     return cfg, vae.eval()
 
 
