@@ -33,9 +33,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroParam
 from torch import nn
 
+from ppvae.models.programs import ProgramModule, local_params_method, program
 from ppvae.models.registry import LIKELIHOODS, build
 from ppvae.models.vae import _input_scale
 from ppvae.models.vq_codebook import Codebook
@@ -75,7 +76,7 @@ def _grid(grid: int | Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-class VQVAE(PyroModule):
+class VQVAE(ProgramModule):
     """Vector-quantised VAE p(k) p(x | e[k]) with guide q(k | x) over a grid of codes.
 
     Parameters
@@ -219,6 +220,7 @@ class VQVAE(PyroModule):
             data = pyro.plate("data", num_data, subsample=index, dim=-1)
         return data, pyro.plate("grid", self.num_positions, dim=-2)
 
+    @program
     def model(self, x: torch.Tensor, *, num_data: int | None = None) -> torch.Tensor:
         """Generative program p(k) p(x | e[k]); returns the codes, shape ``(G, B)``."""
         data, grid = self._plates(x, num_data)
@@ -232,6 +234,7 @@ class VQVAE(PyroModule):
             pyro.sample("x", self.likelihood(params), obs=x)
         return codes
 
+    @program
     def guide(self, x: torch.Tensor, *, num_data: int | None = None) -> torch.Tensor:
         """Variational program q(k | x); returns the codes, shape ``(G, B)``."""
         z_e = self.encoder(x).transpose(0, 1)  # (G, B, D), the layout of the plates
@@ -261,11 +264,13 @@ class VQVAE(PyroModule):
         if hasattr(self.likelihood, "check_support"):
             self.likelihood.check_support(x)
 
+    @local_params_method
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The most probable code of each grid position under q(k | x), shape ``(B, G)``."""
         return self.codebook.distances(self.encoder(x)).argmin(-1)
 
+    @local_params_method
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Mean of p(x | e[k]) for codes of shape ``(n, G)``."""
@@ -273,11 +278,13 @@ class VQVAE(PyroModule):
         mean = getattr(self.likelihood, "mean", None)
         return mean(params) if mean is not None else self.likelihood(params).mean
 
+    @local_params_method
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of p(x | e[k]) at the most probable codes of q(k | x)."""
         return self.decode(self.encode(x))
 
+    @local_params_method
     @torch.no_grad()
     def sample_codes(self, n: int, *, autoregressive: bool | None = None) -> torch.Tensor:
         """``n`` code grids ``(n, G)``: from :attr:`code_prior` (``prior="learned"``, by
@@ -288,6 +295,7 @@ class VQVAE(PyroModule):
             return self.code_prior.sample(n)
         return dist.Categorical(logits=self.prior_logits).sample((n,))
 
+    @local_params_method
     @torch.no_grad()
     def sample(self, n: int, y: None = None, *, autoregressive: bool | None = None) -> torch.Tensor:
         """``n`` datapoints (the likelihood's mean) decoded from :meth:`sample_codes`."""
@@ -295,6 +303,7 @@ class VQVAE(PyroModule):
             raise ValueError("labels were given but this VQ-VAE is not conditional")
         return self.decode(self.sample_codes(n, autoregressive=autoregressive))
 
+    @local_params_method
     @torch.no_grad()
     def log_joint_at_codes(
         self,
@@ -317,6 +326,7 @@ class VQVAE(PyroModule):
         prior = dist.Categorical(logits=self.prior_logits)
         return log_px + prior.log_prob(codes).sum(-1)
 
+    @local_params_method
     @torch.no_grad()
     def fit_code_prior(self, codes: torch.Tensor, pseudo_count: float = 1.0) -> None:
         """Set the per-position prior to the codes' frequencies (``prior="learned"``).

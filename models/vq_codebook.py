@@ -49,7 +49,12 @@ class Codebook(nn.Module):
         self.num_codes, self.code_dim = int(num_codes), int(code_dim)
         self.ema, self.decay = bool(ema), float(decay)
         init = torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
-        self.weight = nn.Parameter(init, requires_grad=not self.ema)
+        if self.ema:
+            # Moving averages set the vectors, not gradients: a buffer, so that neither an
+            # optimizer nor Pyro's param store (under pyro.infer.SVI) takes it for a parameter.
+            self.register_buffer("weight", init.clone())
+        else:
+            self.weight = nn.Parameter(init)
         # Whether the vectors were set from encoder outputs yet (see ``initialise``).
         self.register_buffer("initialised", torch.tensor(False))
         if self.ema:

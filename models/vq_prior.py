@@ -25,8 +25,9 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
+
+from ppvae.models.programs import ProgramModule, local_params_method, program
 
 __all__ = ["MaskedConv2d", "PixelCNNPrior"]
 
@@ -49,7 +50,7 @@ class MaskedConv2d(nn.Conv2d):
         return nn.functional.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
 
-class PixelCNNPrior(PyroModule):
+class PixelCNNPrior(ProgramModule):
     """Autoregressive categorical prior over a grid of codes.
 
     Parameters
@@ -92,6 +93,7 @@ class PixelCNNPrior(PyroModule):
         out = self.body(e)  # (B, K, H, W)
         return out.flatten(2).transpose(1, 2)
 
+    @program
     def model(self, codes: torch.Tensor, *, num_data: int | None = None) -> None:
         """Observe the codes ``(B, G)``: the program's log-density is log p(k), exact."""
         batch = codes.shape[0]
@@ -104,6 +106,7 @@ class PixelCNNPrior(PyroModule):
             fn = dist.Categorical(logits=self.logits(codes)).to_event(1)
             pyro.sample("codes", fn, obs=codes.long())
 
+    @program
     def guide(self, codes: torch.Tensor, *, num_data: int | None = None) -> None:
         """No latent sites: the ELBO of the model is its exact log-likelihood."""
 
@@ -116,11 +119,13 @@ class PixelCNNPrior(PyroModule):
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.num_codes):
             raise ValueError(f"codes must lie in 0..{self.num_codes - 1}")
 
+    @local_params_method
     @torch.no_grad()
     def log_prob(self, codes: torch.Tensor) -> torch.Tensor:
         """log p(k) of each code grid, shape ``(B,)``."""
         return dist.Categorical(logits=self.logits(codes)).log_prob(codes.long()).sum(-1)
 
+    @local_params_method
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """``n`` code grids ``(n, G)``, drawn one position at a time."""

@@ -129,8 +129,12 @@ def test_vq_objective_gradients_reach_encoder_decoder_and_codebook(digits):
 def test_objective_runs_under_pyro_svi(digits):
     vq = _small(digits)
     svi = pyro.infer.SVI(vq.model, vq.guide, pyro.optim.Adam({"lr": 1e-3}), ppvae.VQ_ELBO())
+    before = {k: v.detach().clone() for k, v in vq.named_parameters()}
     loss = svi.step(digits.train[:32])
     assert loss > 0 and loss == loss
+    # Pyro's SVI finds every parameter (encoder, decoder, codebook) through the param store.
+    unchanged = [k for k, v in vq.named_parameters() if torch.equal(v.detach(), before[k])]
+    assert unchanged == []
 
 
 def test_learned_prior_and_save_load_round_trip(digits, tmp_path):
