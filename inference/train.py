@@ -242,6 +242,7 @@ def train_epoch(
             if bar is not None:
                 bar.close()
             raise _diverged(info.loss, epoch, step, options.lr, run.folder)
+        _share_upkeep(run, group)
         total += info.loss * len(xb)
         seen += len(xb)
         if bar is not None:
@@ -251,6 +252,18 @@ def train_epoch(
         total, seen = group.sum(total, seen)
         group.average_buffers(run.vae)
     return -total / seen / num_data, seen / (time.perf_counter() - start)
+
+
+def _share_upkeep(run: TrainingRun, group: ProcessGroup | None) -> None:
+    """Give every rank rank 0's state when the objective moves parameters outside gradients.
+
+    The VQ objectives' codebook upkeep (initialisation from encoder outputs, dead codes
+    re-initialised, moving averages) uses each rank's own share of the data; the gradient
+    exchange alone would then let the ranks' codebooks drift apart. Rank 0's state, upkeep
+    included, becomes every rank's (one broadcast per step, for such objectives only).
+    """
+    if group is not None and getattr(run.objective, "updates_outside_gradients", False):
+        group.broadcast_state(run.vae)
 
 
 def end_epoch(
@@ -275,6 +288,7 @@ def end_epoch(
     epoch_stats = getattr(run.objective, "end_epoch", None)
     for key, value in (epoch_stats() if callable(epoch_stats) else {}).items():
         history.metrics.setdefault(key, []).append(value)
+    _share_upkeep(run, group)
     improved = run.data.val is not None and _validate(run, epoch, group)
     history.epochs_completed = epoch
     stale = 0 if history.best_epoch is None else epoch - history.best_epoch

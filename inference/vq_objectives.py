@@ -88,6 +88,10 @@ class _Relaxed(Messenger):
 class _VQBase(ELBO):
     """Shared machinery: traces, the closed-form KL, codebook statistics and upkeep."""
 
+    # The codebook upkeep moves parameters outside gradients: distributed training then
+    # shares rank 0's state after each step (see ppvae.inference.train).
+    updates_outside_gradients = True
+
     def __init__(
         self,
         *,

@@ -147,12 +147,27 @@ def _evaluate(model: LinearGaussianModel, x: torch.Tensor) -> dict:
     }
 
 
+def _vq_states_agree() -> bool:
+    """Train a VQ-VAE whose codebook moves outside gradients (initialisation from encoder
+    outputs, moving averages, dead codes) on this rank's data; whether all ranks agree."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 17, (48, 1, 8, 8)).double()
+    vq = ppvae.VQVAE((1, 8, 8), num_codes=8, code_dim=2, grid=2, hidden=(8,), ema=True,
+                     likelihood="binomial")  # fmt: skip
+    ppvae.fit(vq, x, elbo=ppvae.VQ_ELBO(), epochs=2, batch_size=16, seed=0, progress=False)
+    flat = torch.cat([t.detach().double().flatten() for t in vq.state_dict().values()])
+    gathered = [torch.zeros_like(flat) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, flat)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
 def _worker_fit_and_evaluate(out: Path) -> None:
     torch.set_default_dtype(torch.float64)
     fitted = _fit_fixed_noise(*_fixed_noise_problem(), distributed=None)
     evaluated = _evaluate(*_ppca())
+    vq_agree = _vq_states_agree()
     if torch.distributed.get_rank() == 0:
-        torch.save({"fit": fitted, "eval": evaluated}, out / "rank0.pt")
+        torch.save({"fit": fitted, "eval": evaluated, "vq_agree": vq_agree}, out / "rank0.pt")
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +189,10 @@ def test_two_ranks_take_the_single_process_steps(two_ranks, float64):
     assert two["state"]["unused"].eq(0).all()
     assert two["state"]["rare"].ne(0).any()
     torch.testing.assert_close(torch.tensor(two["objective"]), torch.tensor(one["objective"]))
+
+
+def test_codebook_upkeep_leaves_the_ranks_in_agreement(two_ranks):
+    assert two_ranks["vq_agree"] is True
 
 
 def test_sharded_evaluation_keeps_every_datapoint_once_in_order(two_ranks, float64):
