@@ -19,6 +19,7 @@ from ppvae.inference.diagnostics import (
     psis_diagnostics,
     to_inference_data,
 )
+from ppvae.inference.disentanglement import disentanglement_metrics
 from ppvae.inference.history import History
 from ppvae.inference.importance import log_likelihood
 from ppvae.inference.iwae import IWAE_ELBO
@@ -68,6 +69,7 @@ __all__ = [
     "inference_data",
     "khat_elpd_data",
     "compare",
+    "disentanglement_metrics",
     "amortization_gap",
     "AmortizationGap",
     "nuts_check",
