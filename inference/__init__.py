@@ -19,6 +19,7 @@ from ppvae.inference.diagnostics import (
     psis_diagnostics,
     to_inference_data,
 )
+from ppvae.inference.disentangle_objectives import TCVAE_ELBO, AnnealedCapacityELBO
 from ppvae.inference.disentanglement import disentanglement_metrics
 from ppvae.inference.history import History
 from ppvae.inference.importance import log_likelihood
@@ -51,6 +52,8 @@ __all__ = [
     "kl_weight",
     "make_elbo",
     "IWAE_ELBO",
+    "TCVAE_ELBO",
+    "AnnealedCapacityELBO",
     "log_likelihood",
     "LogLikelihoodResult",
     "RefineSettings",

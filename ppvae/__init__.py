@@ -9,6 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from ppvae.data import Dataset, load_dataset
 from ppvae.inference import (
     IWAE_ELBO,
+    TCVAE_ELBO,
+    AnnealedCapacityELBO,
     BatchLoader,
     BDMCResult,
     History,
@@ -48,6 +50,8 @@ __all__ = [
     "bdmc",
     "BDMCResult",
     "IWAE_ELBO",
+    "TCVAE_ELBO",
+    "AnnealedCapacityELBO",
     "compare",
     "disentanglement_metrics",
     "khat_summary",
