@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from ppvae.app.config import UserError
+from ppvae.app.disentangle import disentanglement_summary
 from ppvae.app.rundir import RunDir
 from ppvae.app.summaries import (
     ais_comparison,
@@ -132,6 +133,9 @@ def evaluate_run(
     seconds = time.perf_counter() - start
     metrics = _metrics(res, proposal, split, seed)
     metrics = {"dataset": cfg.dataset, **metrics, "seconds": seconds}
+    disentanglement = disentanglement_summary(vae, ds, cfg.device, seed)
+    if disentanglement is not None:
+        metrics["disentanglement"] = disentanglement
     record = _record(res, metrics)
     if ais is not None:
         n = min(ais, len(x))

@@ -19,11 +19,12 @@ import torch
 from ppvae.app.config import RunConfig, UserError
 from ppvae.app.rundir import RunDir
 from ppvae.data import Dataset, load_dataset
-from ppvae.inference import fit
+from ppvae.inference import TCVAE_ELBO, AnnealedCapacityELBO, fit
 from ppvae.inference.batches import binarize_once
 from ppvae.models import VAE
 
 __all__ = [
+    "make_objective",
     "resolve_config",
     "resume_config",
     "check_device",
@@ -168,16 +169,17 @@ def train_run(
         f"{'-'.join(map(str, cfg.hidden))}, {cfg.likelihood} likelihood) for {cfg.epochs} "
         f"epochs into {run.root}"
     )
+    objective = make_objective(cfg)
     history = fit(
         vae,
         ds,
-        elbo=cfg.elbo,
+        elbo=objective,
         num_particles=cfg.particles,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         optimizer=cfg.optimizer,
-        beta=cfg.beta,
+        beta=cfg.beta if isinstance(objective, str) else 1.0,
         kl_anneal=cfg.kl_anneal,
         clip_norm=cfg.clip_norm,
         seed=cfg.seed,
@@ -192,6 +194,16 @@ def train_run(
     run.write_history(record)
     run.save_model(vae, history=history, config=cfg.to_dict())
     return record
+
+
+def make_objective(cfg: RunConfig) -> Any:
+    """The objective ``fit`` trains with: a name, or β-TCVAE / annealed-capacity objects
+    (whose β or γ are theirs, so ``fit`` then gets β = 1)."""
+    if cfg.elbo == "tcvae":
+        return TCVAE_ELBO(cfg.beta)
+    if cfg.elbo == "capacity":
+        return AnnealedCapacityELBO(cfg.capacity, cfg.capacity_steps, cfg.gamma)
+    return cfg.elbo
 
 
 def _log_epoch(echo: Echo, epoch: int, epochs: int, h: Any) -> None:
