@@ -28,6 +28,7 @@ EXPECTED = {
     "03_estimating_log_likelihood.ipynb",
     "04_swapping_guides.ipynb",
     "05_anomaly_detection.ipynb",
+    "07_disentanglement.ipynb",
 }
 KERNEL = "python3"
 # Seconds per notebook, start to finish (and so per cell). With the default settings each
