@@ -210,9 +210,9 @@ class TCVAE_ELBO(_LocalLatentELBO):
     def _loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         model_trace, guide_trace, name, num_data = self._traces(model, guide, args, kwargs)
         elbo = _elbo_sum(model_trace, guide_trace)
-        if self.beta == 1:
-            return -elbo
         site = guide_trace.nodes[name]
+        if self.beta == 1 or site["value"].shape[0] < 2:
+            return -elbo  # a lone datapoint (a last batch of one) has no TC estimate
         tc = total_correlation(
             site["value"], _factorised(site["fn"], name), int(num_data), self.estimator
         )

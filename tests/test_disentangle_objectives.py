@@ -123,3 +123,11 @@ def test_refuses_guides_that_do_not_factorise():
     x = (torch.rand(10, 6) > 0.5).float()
     with pytest.raises(ValueError, match="Independent distribution"):
         TCVAE_ELBO(beta=4).loss(vae.model, vae.guide, x)
+
+
+def test_a_batch_of_one_trains_without_the_tc_term():
+    vae, x = _vae_and_data()
+    pyro.set_rng_seed(3)
+    ours = TCVAE_ELBO(beta=6).loss(vae.model, vae.guide, x[:1], num_data=40)
+    pyro.set_rng_seed(3)
+    assert ours == pytest.approx(Trace_ELBO().loss(vae.model, vae.guide, x[:1], num_data=40))
