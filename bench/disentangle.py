@@ -111,6 +111,14 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, index=table["config"].unique())
 
 
+def _markdown(frame: pd.DataFrame) -> str:
+    """A GitHub table of a frame of strings (pandas' own needs the optional tabulate)."""
+    lines = ["| config | " + " | ".join(frame.columns) + " |"]
+    lines.append("|---" * (len(frame.columns) + 1) + "|")
+    lines += [f"| {i} | " + " | ".join(map(str, row)) + " |" for i, row in frame.iterrows()]
+    return "\n".join(lines)
+
+
 def metric_timing(num_codes: int = 10_000, dims: int = 10, seed: int = 0) -> float:
     """Seconds of :func:`ppvae.disentanglement_metrics` on ``num_codes`` entangled codes:
     a random rotation of the standardised factors of the full dsprites-lite grid, plus noise
@@ -137,11 +145,12 @@ def main(full: bool = False) -> None:
     print(f"scoring 10,000 codes (10 dims) takes {metric_timing():.1f} s")
     start = time.perf_counter()
     table = sweep(ds, seeds, epochs)
+    print(table.round(4).to_csv(index=False))
     print(
         f"dsprites-lite {ds.event_shape}, {len(ds.factors)} images, grid "
         f"{[int(ds.factors[:, k].max()) + 1 for k in range(5)]}, {epochs} epochs, seeds {seeds}"
     )
-    print(summarise(table).to_markdown())
+    print(_markdown(summarise(table)))
     print(
         f"\nmean training seconds per run: {table['train_seconds'].mean():.1f}; "
         f"total {time.perf_counter() - start:.0f} s"
