@@ -104,13 +104,21 @@ class Dataset:
         shuffle: bool | None = None,
         seed: int | None = None,
         drop_last: bool = False,
+        factors: bool = False,
     ) -> BatchLoader:
-        """A :class:`BatchLoader` over one split (shuffled by default for ``"train"`` only)."""
+        """A :class:`BatchLoader` over one split (shuffled by default for ``"train"`` only).
+
+        Batches are ``(x, labels)``, or ``(x, factors)`` with ``factors=True`` (each
+        batch's factor indices ``(B, K)``).
+        """
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}: use 'train', 'val' or 'test'")
+        second = getattr(self, f"{split}_factors" if factors else f"{split}_labels")
+        if factors and second is None:
+            raise ValueError(f"dataset {self.name} has no factors: pass factors=False")
         return BatchLoader(
             getattr(self, split),
-            getattr(self, f"{split}_labels"),
+            second,
             batch_size=batch_size,
             shuffle=split == "train" if shuffle is None else shuffle,
             seed=seed,

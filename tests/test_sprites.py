@@ -98,3 +98,18 @@ def test_original_dsprites(tmp_path):
     ds = ppvae.load_dataset("dsprites", data_dir=tmp_path, val_fraction=0.0)
     assert ds.event_shape == (1, 64, 64)
     assert sorted(map(tuple, ds.factors.tolist())) == sorted(map(tuple, classes[:, 1:].tolist()))
+
+
+def test_batches_carry_factors(tmp_path, monkeypatch):
+    monkeypatch.setenv("PPVAE_DATA", str(tmp_path))
+    ds = ppvae.load_dataset("dsprites-lite", resolution=16, grid=(2, 2, 2, 4, 4))
+    grid = (2, 2, 2, 4, 4)
+    full = render_sprites(16, grid)
+    seen = 0
+    for xb, fb in ds.loader("train", batch_size=16, factors=True, seed=0):
+        rows = np.ravel_multi_index(fb.numpy().T, grid)
+        assert torch.equal(xb, torch.from_numpy(full.images[rows]).float())
+        seen += len(xb)
+    assert seen == len(ds.train)
+    with pytest.raises(ValueError, match="no factors"):
+        ppvae.load_dataset("digits").loader("train", factors=True)
