@@ -59,7 +59,7 @@ def test_tc_under_minibatching_uses_the_dataset_size(float64):
         for i in range(0, 4000, 500)
     ]
     assert torch.cat(batches).mean().item() == pytest.approx(_exact_tc(COV), abs=0.06)
-    # the MWS estimate is shifted by (D - 1) log(N B): far from TC, same up to that constant
+    # the MWS estimate is shifted up by at least (D - 1) log N: far from TC
     mws = total_correlation(z[:500], dist.Normal(post.loc[:500], post.scale[:500]), 4000, "mws")
     assert mws.mean().item() > _exact_tc(COV) + math.log(4000)
 
