@@ -19,8 +19,9 @@ sampling, the default) weights q(z_i | x_j) so that the weights of each row sum 
 weight is 1/N and the estimate is the exact mixture density. ``"mws"`` (minibatch-weighted
 sampling) uses 1/(N B) for every term as in the paper's equation: its value exceeds that of
 the plain batch average (weights 1/B) by the constant (D − 1) log N, which leaves its
-gradient unchanged but its value far from TC; it is the paper's default. The single-sample TC estimate of each datapoint is scaled like the ELBO's terms
-(N/B), so the loss estimates the whole-set objective.
+gradient unchanged but its value far from TC; it is the paper's default. The single-sample
+TC estimate of each datapoint is scaled like the ELBO's terms (N/B), so the loss estimates
+the whole-set objective.
 
 **Annealed capacity** (Burgess et al. 2018). The loss is
 −E_q[log p(x | z)] + γ · |KL − C|, with KL(q(z | x) ‖ p(z)) in closed form where torch has
