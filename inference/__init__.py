@@ -19,6 +19,8 @@ from ppvae.inference.diagnostics import (
     psis_diagnostics,
     to_inference_data,
 )
+from ppvae.inference.disentangle_objectives import TCVAE_ELBO, AnnealedCapacityELBO
+from ppvae.inference.disentanglement import disentanglement_metrics
 from ppvae.inference.exact import bits_per_dim, exact_log_likelihood
 from ppvae.inference.history import History
 from ppvae.inference.importance import log_likelihood
@@ -52,6 +54,8 @@ __all__ = [
     "kl_weight",
     "make_elbo",
     "IWAE_ELBO",
+    "TCVAE_ELBO",
+    "AnnealedCapacityELBO",
     "log_likelihood",
     "LogLikelihoodResult",
     "RefineSettings",
@@ -70,6 +74,7 @@ __all__ = [
     "inference_data",
     "khat_elpd_data",
     "compare",
+    "disentanglement_metrics",
     "amortization_gap",
     "AmortizationGap",
     "nuts_check",

@@ -10,7 +10,9 @@ from ppvae.augment import augment
 from ppvae.data import Dataset, load_dataset
 from ppvae.inference import (
     IWAE_ELBO,
+    TCVAE_ELBO,
     VQ_ELBO,
+    AnnealedCapacityELBO,
     BatchLoader,
     BDMCResult,
     History,
@@ -23,6 +25,7 @@ from ppvae.inference import (
     bits_per_dim,
     checkpoint_digest,
     compare,
+    disentanglement_metrics,
     exact_log_likelihood,
     fit,
     khat_summary,
@@ -54,7 +57,10 @@ __all__ = [
     "bdmc",
     "BDMCResult",
     "IWAE_ELBO",
+    "TCVAE_ELBO",
+    "AnnealedCapacityELBO",
     "compare",
+    "disentanglement_metrics",
     "khat_summary",
     "TrainingDivergedError",
     "save",

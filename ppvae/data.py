@@ -8,6 +8,7 @@ library targets fit in memory, and batches are index slices of them
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ppvae.readers import (
     read_idx,
     read_idx_set,
 )
+from ppvae.sprites import DEFAULT_GRID, load_sprites, read_dsprites
 
 __all__ = ["Dataset", "load_dataset", "read_idx"]
 
@@ -31,7 +33,7 @@ SYSTEM_DATA_DIR = Path("/usr/share/datasets")  # where Debian's dataset-* packag
 CACHE_DIR = Path("~/.cache/ppvae")  # default target of download=True
 DATA_ENV_VAR = "PPVAE_DATA"
 IDX_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
-KNOWN_DATASETS = ("digits", *IDX_DATASETS)
+KNOWN_DATASETS = ("digits", *IDX_DATASETS, "dsprites-lite", "dsprites")
 _BINARIZE_MODES = ("auto", "dynamic", "static", "threshold", None)
 # A fixed seed, independent of `seed`: the test set must not move between runs, or their
 # log-likelihoods would not be comparable (the evaluation binarisation is fixed the same way,
@@ -67,6 +69,18 @@ class Dataset:
     test_labels: torch.Tensor | None = field(default=None, repr=False)
     binarize: str | None = None
     num_labels: int | None = None
+    train_factors: torch.Tensor | None = field(default=None, repr=False)
+    val_factors: torch.Tensor | None = field(default=None, repr=False)
+    test_factors: torch.Tensor | None = field(default=None, repr=False)
+    factor_names: tuple[str, ...] | None = None
+
+    @property
+    def factors(self) -> torch.Tensor | None:
+        """Integer factor indices ``(N, K)`` of train, val and test rows, in that order
+        (the rows of ``torch.cat([ds.train, ds.val, ds.test])``), or ``None``."""
+        if self.train_factors is None:
+            return None
+        return torch.cat([self.train_factors, self.val_factors, self.test_factors])
 
     def describe(self) -> str:
         """Short multi-line summary of splits, shapes, values, labels and suggested model."""
@@ -90,13 +104,21 @@ class Dataset:
         shuffle: bool | None = None,
         seed: int | None = None,
         drop_last: bool = False,
+        factors: bool = False,
     ) -> BatchLoader:
-        """A :class:`BatchLoader` over one split (shuffled by default for ``"train"`` only)."""
+        """A :class:`BatchLoader` over one split (shuffled by default for ``"train"`` only).
+
+        Batches are ``(x, labels)``, or ``(x, factors)`` with ``factors=True`` (each
+        batch's factor indices ``(B, K)``).
+        """
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}: use 'train', 'val' or 'test'")
+        second = getattr(self, f"{split}_factors" if factors else f"{split}_labels")
+        if factors and second is None:
+            raise ValueError(f"dataset {self.name} has no factors: pass factors=False")
         return BatchLoader(
             getattr(self, split),
-            getattr(self, f"{split}_labels"),
+            second,
             batch_size=batch_size,
             shuffle=split == "train" if shuffle is None else shuffle,
             seed=seed,
@@ -117,6 +139,9 @@ class _Source:
     scale: float = 1.0
     grey_images: bool = False  # grey-level images meant as Bernoulli probabilities
     origin: str = ""  # what error messages call the source, when not its name
+    factors: np.ndarray | None = None  # integer factor indices (N, K), split like labels
+    factors_test: np.ndarray | None = None
+    factor_names: tuple[str, ...] | None = None
 
 
 def load_dataset(
@@ -128,6 +153,8 @@ def load_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    resolution: int = 32,
+    grid: Sequence[int] = DEFAULT_GRID,
 ) -> Dataset:
     """Load a named dataset or an array file into train/val/test tensors.
 
@@ -135,8 +162,9 @@ def load_dataset(
     ----------
     name_or_path
         ``"digits"`` (scikit-learn's 8x8 digits), ``"mnist"``, ``"fashion-mnist"``,
-        ``"kmnist"``, or a path to a ``.npy``, ``.npz``, ``.csv`` or ``.pt`` file whose rows
-        are datapoints.
+        ``"kmnist"``, ``"dsprites-lite"`` (generated, :mod:`ppvae.sprites`), ``"dsprites"``
+        (the original archive, when on disk), or a path to a ``.npy``, ``.npz``, ``.csv``
+        or ``.pt`` file whose rows are datapoints.
     data_dir
         Folder holding the IDX files; searched before ``$PPVAE_DATA``, ``~/.cache/ppvae`` and
         ``/usr/share/datasets/<name>``.
@@ -153,6 +181,10 @@ def load_dataset(
         Seed of the train/val split; the test split never depends on it.
     dtype
         Floating dtype of the returned tensors.
+    resolution, grid
+        ``"dsprites-lite"`` only: image side and numbers of (shape, scale, orientation,
+        x, y) values (:func:`ppvae.sprites.render_sprites`); the images are cached in
+        ``data_dir``, ``$PPVAE_DATA`` or ``~/.cache/ppvae``.
 
     Returns
     -------
@@ -164,16 +196,21 @@ def load_dataset(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype such as torch.float32, got {dtype}")
-    src = _resolve(name_or_path, data_dir, download)
+    src = _resolve(name_or_path, data_dir, download, resolution, grid)
     what = src.origin or src.name
     x = check_x(src.x, what)
     y = check_labels(src.y, len(x), what)
+    f = _check_factors(src.factors, len(x), what)
+    f_test = _check_factors(src.factors_test, 0 if src.x_test is None else len(src.x_test), what)
+    if f is not None and src.x_test is not None and f_test is None:
+        raise ValueError(f"{what}: has factors but no factors_test for x_test; add them")
     if src.x_test is None:
         perm = np.random.default_rng(_TEST_SEED).permutation(len(x))
         cut = len(x) - round(_TEST_FRACTION * len(x))
         pool_idx, test_idx = np.sort(perm[:cut]), np.sort(perm[cut:])
         x, x_test = x[pool_idx], x[test_idx]
         y, y_test = (None, None) if y is None else (y[pool_idx], y[test_idx])
+        f, f_test = (None, None) if f is None else (f[pool_idx], f[test_idx])
     else:
         x_test = check_x(src.x_test, f"{what} (test)")
         y_test = check_labels(src.y_test, len(x_test), f"{what} (test)")
@@ -221,11 +258,39 @@ def load_dataset(
         test_labels=y_test,
         binarize=mode,
         num_labels=max(int(lab.max()) for lab in labels) + 1 if labels else None,
+        train_factors=None if f is None else f[train_idx],
+        val_factors=None if f is None else f[val_idx],
+        test_factors=f_test if f is not None else None,
+        factor_names=None if f is None else _factor_names(src.factor_names, f.shape[1]),
+    )
+
+
+def _check_factors(f: np.ndarray | None, n: int, what: str) -> torch.Tensor | None:
+    """Factor indices: one row of non-negative integers per datapoint."""
+    if f is None:
+        return None
+    if f.ndim != 2 or len(f) != n or f.dtype.kind not in "iuf" or not np.all(f == np.round(f)):
+        raise ValueError(
+            f"{what}: factors must be integer indices of shape ({n}, K), one row per "
+            f"datapoint, got {f.dtype} {f.shape}"
+        )
+    return torch.from_numpy(f.astype(np.int64))
+
+
+def _factor_names(names: tuple[str, ...] | None, k: int) -> tuple[str, ...]:
+    return (
+        tuple(names)
+        if names is not None and len(names) == k
+        else tuple(f"factor{i}" for i in range(k))
     )
 
 
 def _resolve(
-    name_or_path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None, download: bool
+    name_or_path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None,
+    download: bool,
+    resolution: int,
+    grid: Sequence[int],
 ) -> _Source:
     text = os.fspath(name_or_path)
     key = text.lower().replace("_", "-")
@@ -235,6 +300,14 @@ def _resolve(
         digits = load_digits()
         kwargs = {"likelihood": "binomial", "likelihood_kwargs": {"total_count": 16}}
         return _Source("digits", digits.images[:, None], digits.target, **kwargs)
+    if isinstance(name_or_path, str) and key in ("dsprites-lite", "dsprites"):
+        env = os.environ.get(DATA_ENV_VAR)
+        roots = [Path(d).expanduser() for d in (data_dir, env) if d] + [CACHE_DIR.expanduser()]
+        if key == "dsprites":
+            sp = read_dsprites([*roots, SYSTEM_DATA_DIR])
+        else:
+            sp = load_sprites(roots[0], resolution, grid)
+        return _Source(key, sp.images, factors=sp.factors, factor_names=sp.factor_names)
     if isinstance(name_or_path, str) and key in IDX_DATASETS:
         return _load_idx(key, data_dir, download)
     if Path(text).suffix.lower() in ARRAY_EXTENSIONS:
@@ -259,7 +332,18 @@ def _load_idx(name: str, data_dir: str | os.PathLike[str] | None, download: bool
 
 def _load_array_file(path: Path) -> _Source:
     a = read_array_file(path)  # its OOD flags, if any, matter to scoring, not to training
-    return _Source(path.stem, a.x, a.y, a.x_test, a.y_test, origin=str(path))
+    names = None if a.factor_names is None else tuple(str(n) for n in a.factor_names)
+    return _Source(
+        path.stem,
+        a.x,
+        a.y,
+        a.x_test,
+        a.y_test,
+        origin=str(path),
+        factors=a.factors,
+        factors_test=a.factors_test,
+        factor_names=names,
+    )
 
 
 def _to_tensor(x: np.ndarray, dtype: torch.dtype, scale: float) -> torch.Tensor:

@@ -34,6 +34,7 @@ __all__ = [
     "plot_reconstructions",
     "plot_interpolations",
     "plot_traversals",
+    "plot_mutual_information",
     "plot_latent_scatter",
     "plot_elbo_curves",
     "plot_loglik_hist",
@@ -175,16 +176,45 @@ def plot_traversals(
     dims: Sequence[int],
     offsets: Sequence[float],
     value_range: tuple[float, float],
+    labels: Sequence[str] | None = None,
 ) -> Figure:
-    """Traversals ``(len(dims), len(offsets), C, H, W)``: row i varies latent ``dims[i]``."""
+    """Traversals ``(len(dims), len(offsets), C, H, W)``: row i varies latent ``dims[i]``.
+
+    ``labels`` names the rows (default ``z[d]``), e.g. with the factor a dimension captures.
+    """
     return plot_image_grid(
         images.flatten(0, 1),
         nrow=len(offsets),
         value_range=value_range,
         title="Latent traversals",
-        row_labels=[f"z[{d}]" for d in dims],
+        row_labels=list(labels) if labels is not None else [f"z[{d}]" for d in dims],
         col_labels=[f"{o:+g}" for o in offsets],
     )
+
+
+def plot_mutual_information(
+    mi: ArrayLike, factor_names: Sequence[str], *, title: str | None = None
+) -> Figure:
+    """Heatmap of a ``(D, K)`` matrix of mutual information between latent dimensions and
+    factors, each column normalised by its factor's entropy (so 1 = the factor is known)."""
+    mi = _np(mi)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * mi.shape[1], 0.8 + 0.32 * mi.shape[0]))
+    sns.heatmap(
+        mi,
+        ax=ax,
+        vmin=0,
+        vmax=1,
+        cmap="viridis",
+        annot=mi.shape[0] <= 20,
+        fmt=".2f",
+        annot_kws={"size": 7},
+        xticklabels=list(factor_names),
+        yticklabels=[f"z[{d}]" for d in range(mi.shape[0])],
+        cbar_kws={"label": "I(z_d; factor) / H(factor)"},
+    )
+    ax.set_title(title or "Mutual information between latents and factors")
+    fig.tight_layout()
+    return fig
 
 
 def plot_latent_scatter(

@@ -33,6 +33,7 @@ __all__ = [
     "csv_header",
     "find_idx",
     "read_array_file",
+    "read_dsprites_npz",
     "read_idx",
     "read_idx_set",
 ]
@@ -174,6 +175,9 @@ class ArrayFile:
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
     ood: np.ndarray | None = None
+    factors: np.ndarray | None = None
+    factors_test: np.ndarray | None = None
+    factor_names: np.ndarray | None = None
 
 
 def read_array_file(path: str | os.PathLike[str]) -> ArrayFile:
@@ -182,8 +186,9 @@ def read_array_file(path: str | os.PathLike[str]) -> ArrayFile:
     ``x`` is the array under key ``x``, ``data`` or ``X``, or the only array; labels come
     from ``y``, ``labels`` or ``label``, OOD flags from ``ood`` or ``is_ood`` (keys of an
     archive or dict, or columns of a CSV with a header, see :func:`csv_header`); a test
-    split from ``x_test`` and ``y_test``. Raises ``FileNotFoundError`` or ``ValueError``
-    naming the file.
+    split from ``x_test`` and ``y_test``; generative-factor indices ``(N, K)`` from
+    ``factors`` (and ``factors_test``), their names from ``factor_names``. Raises
+    ``FileNotFoundError`` or ``ValueError`` naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -209,7 +214,28 @@ def read_array_file(path: str | os.PathLike[str]) -> ArrayFile:
     if ood is not None:
         ood = _check_ood(ood, len(x), path)
     y, x_test, y_test = (_pick(arrays, *k) for k in (LABEL_KEYS, ("x_test",), ("y_test",)))
-    return ArrayFile(x, y, x_test, y_test, ood)
+    factors = [arrays.get(k) for k in ("factors", "factors_test", "factor_names")]
+    return ArrayFile(x, y, x_test, y_test, ood, *factors)
+
+
+def read_dsprites_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``imgs`` ``(N, 64, 64)`` and ``latents_classes`` ``(N, 6)`` of the dSprites archive.
+
+    The archive's pickled ``metadata`` is never loaded. Raises ``ValueError`` naming the file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images, classes = f["imgs"], f["latents_classes"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(
+            f"cannot read {path} as the dSprites archive ({err}); fetch it again"
+        ) from err
+    if images.ndim != 3 or classes.shape != (len(images), 6):
+        raise ValueError(
+            f"{path}: expected imgs (N, 64, 64) and latents_classes (N, 6), got "
+            f"{images.shape} and {classes.shape}; fetch the file again"
+        )
+    return images, classes
 
 
 def csv_header(first_line: str) -> list[str] | None:

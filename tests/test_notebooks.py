@@ -28,8 +28,9 @@ EXPECTED = {
     "03_estimating_log_likelihood.ipynb",
     "04_swapping_guides.ipynb",
     "05_anomaly_detection.ipynb",
-    "08_data_augmentation.ipynb",
     "06_vector_quantised.ipynb",
+    "07_disentanglement.ipynb",
+    "08_data_augmentation.ipynb",
 }
 KERNEL = "python3"
 # Seconds per notebook, start to finish (and so per cell). With the default settings each

@@ -42,7 +42,12 @@ __all__ = ["main", "build_parser"]
 
 # Flags of `train` that map one-to-one onto RunConfig fields: (flag, field, type, help).
 _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--dataset", "dataset", str, "digits, mnist, fashion-mnist, kmnist or a data file"),
+    (
+        "--dataset",
+        "dataset",
+        str,
+        "digits, mnist, fashion-mnist, kmnist, dsprites-lite, dsprites or a data file",
+    ),
     ("--data-dir", "data_dir", str, "folder holding the dataset's files"),
     ("--binarize", "binarize", str, "auto, dynamic, static, threshold or none"),
     ("--prior", "prior", str, "prior p(z): normal, mixture, vamp, ... (ppvae.models.PRIORS)"),
@@ -52,13 +57,16 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--decoder", "decoder", str, "mlp or conv"),
     ("--latent-dim", "latent_dim", int, "size of z"),
     ("--hidden", "hidden", str, "hidden widths, e.g. 400,400"),
-    ("--elbo", "elbo", str, "trace, meanfield or iwae"),
+    ("--elbo", "elbo", str, "trace, meanfield, iwae, tcvae (beta-TCVAE) or capacity"),
     ("--particles", "particles", int, "particles K of the objective"),
     ("--epochs", "epochs", int, "passes over the training data"),
     ("--batch-size", "batch_size", int, "minibatch size"),
     ("--lr", "lr", float, "learning rate"),
     ("--optimizer", "optimizer", str, "adam, adamw, sgd or rmsprop"),
-    ("--beta", "beta", float, "KL weight (beta-VAE)"),
+    ("--beta", "beta", float, "KL weight (beta-VAE); with --elbo tcvae the TC weight"),
+    ("--capacity", "capacity", float, "--elbo capacity: final KL capacity C (nats)"),
+    ("--capacity-steps", "capacity_steps", int, "--elbo capacity: steps C rises over"),
+    ("--gamma", "gamma", float, "--elbo capacity: weight of |KL - C|"),
     ("--kl-anneal", "kl_anneal", int, "epochs over which the KL weight ramps up to beta"),
     ("--clip-norm", "clip_norm", float, "gradient-norm clipping"),
     ("--seed", "seed", int, "random seed"),

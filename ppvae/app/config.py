@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = ["RunConfig", "UserError", "parse_hidden", "read_toml", "to_toml"]
 
-ELBOS = ("trace", "meanfield", "iwae")
+ELBOS = ("trace", "meanfield", "iwae", "tcvae", "capacity")
 MODELS = ("vae", "vqvae")
 VQ_POSTERIORS = ("hard", "soft")
 BINARIZE = ("auto", "dynamic", "static", "threshold", "none")
@@ -70,6 +70,9 @@ class RunConfig:
     optimizer: str = "adam"
     beta: float = 1.0
     kl_anneal: int = 0
+    capacity: float = 25.0
+    capacity_steps: int = 10_000
+    gamma: float = 1000.0
     clip_norm: float | None = None
     patience: int | None = None
     seed: int = 0
@@ -100,6 +103,20 @@ class RunConfig:
             (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
             (self.beta >= 0 and math.isfinite(self.beta), "beta must be >= 0"),
             (self.kl_anneal >= 0, "kl_anneal must be >= 0"),
+            (self.capacity >= 0 and self.gamma >= 0, "capacity and gamma must be >= 0"),
+            (self.capacity_steps >= 1, "capacity_steps must be at least 1"),
+            (
+                self.elbo not in ("tcvae", "capacity") or self.kl_anneal == 0,
+                f"--kl-anneal does not apply to --elbo {self.elbo}",
+            ),
+            (
+                self.elbo != "capacity" or self.beta == 1,
+                "--elbo capacity weights the KL by --gamma, not --beta; drop --beta",
+            ),
+            (
+                self.elbo != "tcvae" or self.guide == "diagonal",
+                "--elbo tcvae estimates the TC from factorised posteriors: use --guide diagonal",
+            ),
             (self.patience is None or self.patience >= 1, "patience must be at least 1"),
             (self.clip_norm is None or self.clip_norm > 0, "clip_norm must be positive"),
             (0 <= self.val_fraction < 1, "val_fraction must lie in [0, 1)"),

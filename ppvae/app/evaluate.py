@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from ppvae.app.config import UserError
+from ppvae.app.disentangle import disentanglement_summary
 from ppvae.app.rundir import RunDir
 from ppvae.app.summaries import (
     ais_comparison,
@@ -168,6 +169,9 @@ def _evaluate(
     metrics = {"dataset": cfg.dataset, **metrics, "seconds": seconds, "checkpoint_sha256": digest}
     if hasattr(vae, "log_joint_at_codes"):  # a VQ-VAE: its bounds under each code prior
         metrics["vq"] = vq_bounds(vae, x)
+    disentanglement = disentanglement_summary(vae, ds, cfg.device, seed)
+    if disentanglement is not None:
+        metrics["disentanglement"] = disentanglement
     record = _record(res, metrics)
     if ais is not None:
         n = min(ais, len(x))

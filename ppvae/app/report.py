@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ppvae.app.disentangle import disentanglement_figures, disentanglement_html
 from ppvae.app.figures import FigureRecord, make_run_figures
 from ppvae.app.rundir import RunDir, write_text
 from ppvae.app.summaries import (
@@ -173,6 +174,8 @@ def _evaluation_html(metrics: Mapping[str, Any], noun: str) -> list[str]:
         ]
     if metrics.get("ais"):
         parts += _ais_html(metrics["ais"])
+    if metrics.get("disentanglement"):
+        parts.append(disentanglement_html(metrics["disentanglement"]))
     return parts
 
 
@@ -313,6 +316,9 @@ def _report(run: RunDir, interpolation: str, projection: str, dataset: Dataset |
         interpolation=interpolation,
         projection=projection,
     )
+    if metrics and metrics.get("disentanglement"):
+        summary = metrics["disentanglement"]
+        records += disentanglement_figures(vae, ds, summary, run.figures, cfg.device)
     noun = "digits" if cfg.dataset == "digits" else "datapoints"
     content = render_report(
         title=f"ppvae run {run.root.resolve().name}: {cfg.dataset}",

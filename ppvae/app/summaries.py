@@ -257,6 +257,10 @@ def evaluation_rows(m: Mapping[str, Any]) -> list[tuple[str, str]]:
             rows.append(("", f"(--ais {ais['requested']} asked for more than the split holds)"))
         rows.append(("IS vs AIS", str(ais["sentence"])))
     rows.append(("verdict", str(m["verdict"])))
+    dis = m.get("disentanglement")
+    if dis:
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in dis["scores"].items())
+        rows.append(("disentanglement", f"{scores} (on {dis['num_codes']} guide means)"))
     return rows
 
 

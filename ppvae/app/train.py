@@ -25,7 +25,7 @@ from ppvae.app.config import RunConfig, UserError
 from ppvae.app.rundir import RunDir
 from ppvae.app.vq import build_vqvae, train_code_priors, vq_arguments, vq_objective
 from ppvae.data import Dataset, load_dataset
-from ppvae.inference import checkpoint, fit
+from ppvae.inference import TCVAE_ELBO, AnnealedCapacityELBO, checkpoint, fit
 from ppvae.inference.batches import binarize_once
 from ppvae.inference.distributed import ProcessGroup, process_group
 from ppvae.inference.options import FitOptions
@@ -34,6 +34,7 @@ from ppvae.inference.rng import seeded
 from ppvae.models import VAE
 
 __all__ = [
+    "make_objective",
     "resolve_config",
     "resume_config",
     "check_device",
@@ -174,14 +175,15 @@ def _epochs_done(run: RunDir) -> int:
 
 def _fit_settings(cfg: RunConfig) -> dict[str, Any]:
     """The keyword arguments of :func:`ppvae.fit` that a configuration decides."""
+    objective = make_objective(cfg)
     return dict(
-        elbo=cfg.elbo,
+        elbo=objective,
         num_particles=cfg.particles,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         optimizer=cfg.optimizer,
-        beta=cfg.beta,
+        beta=cfg.beta if isinstance(objective, str) else 1.0,
         kl_anneal=cfg.kl_anneal,
         clip_norm=cfg.clip_norm,
         seed=cfg.seed,
@@ -306,6 +308,16 @@ def _train_locked(
         run.write_history(record)
         run.save_model(vae, history=history, config=cfg.to_dict())
     return record
+
+
+def make_objective(cfg: RunConfig) -> Any:
+    """The objective ``fit`` trains with: a name, or β-TCVAE / annealed-capacity objects
+    (whose β or γ are theirs, so ``fit`` then gets β = 1)."""
+    if cfg.elbo == "tcvae":
+        return TCVAE_ELBO(cfg.beta)
+    if cfg.elbo == "capacity":
+        return AnnealedCapacityELBO(cfg.capacity, cfg.capacity_steps, cfg.gamma)
+    return cfg.elbo
 
 
 def _log_epoch(echo: Echo, epoch: int, epochs: int, h: Any) -> None:
