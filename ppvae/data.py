@@ -164,6 +164,12 @@ def load_dataset(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype such as torch.float32, got {dtype}")
+    if data_dir is not None and not download and not Path(data_dir).expanduser().is_dir():
+        # Otherwise the search would quietly fall through to another copy of the data.
+        raise FileNotFoundError(
+            f"data_dir {os.fspath(data_dir)} (--data-dir) is not a folder: give the folder "
+            "holding the dataset's files, or leave it out to search the default places"
+        )
     src = _resolve(name_or_path, data_dir, download)
     what = src.origin or src.name
     x = check_x(src.x, what)
