@@ -192,6 +192,11 @@ def load_dataset(
     likelihood, kwargs = src.likelihood or _infer_likelihood(pool, test), src.likelihood_kwargs
     mode = ("dynamic" if src.grey_images else None) if binarize == "auto" else binarize
     pool_eval = pool
+    total = kwargs.get("total_count")
+    if mode is not None and total:
+        # Counts out of a known total (digits: 0..16) are grey levels on another scale:
+        # scaled to [0, 1] they binarise as MNIST's 0..255 do.
+        pool, test = pool / float(total), test / float(total)
     if mode is not None:
         lo, hi = _value_range(pool, test)
         if lo < 0 or hi > 1:

@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _Subparsers(
         parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     )
-    sub.required = True
+    sub.action.required = True
 
     _add_train(sub)
     _add_evaluate(sub)
