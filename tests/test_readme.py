@@ -18,6 +18,7 @@ changing this file. How they run:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from ppvae.app.cli import EXAMPLES
+from ppvae.app.cli import _TRAIN_FLAGS, EXAMPLES
+from ppvae.app.config import RunConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _FENCE = re.compile(r"^```(\w*)\s*$")
@@ -177,3 +179,13 @@ def test_every_help_example_is_run_by_the_walkthrough() -> None:
     for command, examples in EXAMPLES.items():
         for example in examples:
             assert example in walkthrough, f"'ppvae {command} --help' example not run: {example}"
+
+
+def test_readme_lists_every_toml_key_without_a_flag() -> None:
+    flagged = {dest for _, dest, _, _ in _TRAIN_FLAGS} | {"download", "conditional"}
+    unflagged = [f.name for f in dataclasses.fields(RunConfig) if f.name not in flagged]
+    assert unflagged, "some keys have no flag"
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Command line") :]
+    rows = set(re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE))
+    assert set(unflagged) <= rows, f"README lacks TOML keys {sorted(set(unflagged) - rows)}"

@@ -20,7 +20,14 @@ from typing import Any
 
 from ppvae.app.figures import FigureRecord, make_run_figures
 from ppvae.app.rundir import RunDir, write_text
-from ppvae.app.summaries import BDMC_GOOD_GAP, bdmc_sentence, guide_sentence, mc_stderr_text
+from ppvae.app.summaries import (
+    BDMC_GOOD_GAP,
+    bdmc_sentence,
+    guide_sentence,
+    headline_sentence,
+    mc_stderr_text,
+    objective_name,
+)
 from ppvae.app.train import load_model, load_run_dataset, split_data
 from ppvae.data import Dataset
 
@@ -42,6 +49,7 @@ td, th { border: 1px solid #ddd; padding: 0.2rem 0.6rem; text-align: left; }
 th { background: #f4f4f4; } td.num { text-align: right; font-family: monospace; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.9rem; color: #444; }
+.headline { font-size: 1.2rem; font-weight: 600; margin: 0.5rem 0 1rem; }
 .verdict { background: #f3f8f3; border-left: 4px solid #1b9e77; padding: 0.5rem 1rem; }
 .warn { background: #fdf3ec; border-left: 4px solid #d95f02; padding: 0.5rem 1rem; }
 """
@@ -91,8 +99,11 @@ def reliability_sentence(metrics: Mapping[str, Any], noun: str = "datapoints") -
     return text
 
 
-def training_summary(history: Mapping[str, Any]) -> dict[str, Any]:
-    """Epochs, total time, throughput and final objective values of a training history."""
+def training_summary(history: Mapping[str, Any], objective: str = "ELBO") -> dict[str, Any]:
+    """Epochs, total time, throughput and final objective values of a training history.
+
+    ``objective`` names the training objective (:func:`objective_name`).
+    """
     seconds = list(history.get("seconds") or [])
     ips = list(history.get("images_per_second") or [])
     out: dict[str, Any] = {
@@ -101,7 +112,7 @@ def training_summary(history: Mapping[str, Any]) -> dict[str, Any]:
         "images per second (mean)": float(sum(ips) / len(ips)) if ips else None,
     }
     if history.get("train_objective"):
-        out["final train objective (nats)"] = float(history["train_objective"][-1])
+        out[f"final training {objective} (nats)"] = float(history["train_objective"][-1])
     if history.get("val_elbo"):
         out["final validation ELBO (nats)"] = float(history["val_elbo"][-1])
     if history.get("best_epoch") is not None:
@@ -127,7 +138,10 @@ _OWN_SECTIONS = ("guide_only", "ais", "mc_stderr_text", "estimator")
 def _evaluation_html(metrics: Mapping[str, Any], noun: str) -> list[str]:
     """The evaluation: reliability, headline and its estimator, and the metrics table."""
     cls = "verdict" if not metrics.get("share_khat_above_threshold") else "warn"
-    parts = [f"<p class={cls}>{html.escape(reliability_sentence(metrics, noun))}</p>"]
+    parts = []
+    if metrics.get("log_likelihood") is not None:
+        parts.append(f"<p class=headline>{html.escape(headline_sentence(metrics, noun))}</p>")
+    parts.append(f"<p class={cls}>{html.escape(reliability_sentence(metrics, noun))}</p>")
     if metrics.get("verdict"):
         parts.append(f"<p>{html.escape(str(metrics['verdict']))}</p>")
     parts.append("<h2>Evaluation</h2>")
@@ -142,7 +156,8 @@ def _evaluation_html(metrics: Mapping[str, Any], noun: str) -> list[str]:
     rows = {k: v for k, v in metrics.items() if k not in _OWN_SECTIONS}
     if "mc_stderr" in rows:
         rows["mc_stderr"] = mc_stderr_text(metrics, noun=noun)
-    parts.append(_table(rows, ("metric", "value")))
+    parts.append("<details><summary>All metrics (the keys of metrics.json)</summary>")
+    parts += [_table(rows, ("metric", "value")), "</details>"]
     if metrics.get("guide_only"):
         g = metrics["guide_only"]
         parts += [
@@ -225,8 +240,12 @@ def render_report(
     notes: Sequence[str] = (),
     noun: str = "datapoints",
     bdmc: Mapping[str, Any] | None = None,
+    objective: str = "ELBO",
 ) -> str:
-    """The report as one HTML string with every figure embedded."""
+    """The report as one HTML string with every figure embedded.
+
+    ``objective`` names the training objective (:func:`objective_name`).
+    """
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
@@ -242,7 +261,10 @@ def render_report(
     if bdmc:
         parts += _bdmc_html(bdmc)
     if history:
-        parts += ["<h2>Training</h2>", _table(training_summary(history), ("quantity", "value"))]
+        parts += [
+            "<h2>Training</h2>",
+            _table(training_summary(history, objective), ("quantity", "value")),
+        ]
     parts += ["<h2>Configuration</h2>", _table(config)]
     parts.append("<h2>Figures</h2>")
     parts += [f"<p>{html.escape(note)}</p>" for note in notes]
@@ -270,6 +292,7 @@ def report_run(
     """
     run = RunDir(run_dir).require()
     cfg, vae = load_model(run.root)
+    objective = objective_name(cfg.elbo, cfg.particles, cfg.beta)
     metrics = run.read_metrics()
     history = run.read_history()
     split = metrics["split"] if metrics else "test"
@@ -289,6 +312,7 @@ def report_run(
         seed=cfg.seed,
         interpolation=interpolation,
         projection=projection,
+        objective=objective,
     )
     noun = "digits" if cfg.dataset == "digits" else "datapoints"
     content = render_report(
@@ -301,5 +325,6 @@ def report_run(
         notes=notes,
         noun=noun,
         bdmc=run.read_bdmc(),
+        objective=objective,
     )
     return run.write_report(content)
