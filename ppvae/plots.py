@@ -111,7 +111,7 @@ def plot_image_grid(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_samples(
@@ -227,7 +227,7 @@ def plot_latent_scatter(
     ax.set_ylabel(axes[1])
     ax.set_title("Posterior means of q(z | x)")
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_elbo_curves(
@@ -253,7 +253,7 @@ def plot_elbo_curves(
     ax.set_title("Training curves")
     ax.legend()
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_loglik_hist(
@@ -270,7 +270,7 @@ def plot_loglik_hist(
     ax.set_title("Per-datapoint log-likelihood estimates")
     ax.legend()
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def _draw_khat(ax: plt.Axes, k: np.ndarray, num_samples: int, title: str) -> None:
@@ -332,7 +332,7 @@ def plot_khat(khat: ArrayLike, *, num_samples: int) -> Figure:
     title = f"PSIS k-hat of the importance weights per datapoint (S = {num_samples})"
     _draw_khat(ax, _np(khat), num_samples, title)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_khat_comparison(
@@ -353,7 +353,7 @@ def plot_khat_comparison(
     axes[1].set_ylabel("")
     fig.suptitle("PSIS k-hat of the importance weights per datapoint")
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_is_vs_ais(
@@ -384,7 +384,7 @@ def plot_is_vs_ais(
     ax.set_title("Importance sampling minus annealed importance sampling, per datapoint")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_ess(ess: ArrayLike, *, num_samples: int) -> Figure:
@@ -399,7 +399,7 @@ def plot_ess(ess: ArrayLike, *, num_samples: int) -> Figure:
     ax.set_title(f"Importance-sampling ESS per datapoint (median {np.median(e):.0f})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_feature_summary(
@@ -418,6 +418,17 @@ def plot_feature_summary(
     ax.set_title("Per-feature mean and spread: data vs model")
     ax.legend()
     fig.tight_layout()
+    return _detached(fig)
+
+
+def _detached(fig: Figure) -> Figure:
+    """``fig``, released by pyplot: shown once in a notebook, by the cell's value.
+
+    pyplot's inline backend shows every figure it still manages at the end of a cell, and
+    the returned figure, as the cell's value, would be shown again. A released figure
+    can still be saved, shown with ``display(fig)``, or drawn into.
+    """
+    plt.close(fig)
     return fig
 
 

@@ -320,6 +320,9 @@ def test_report_has_every_figure_with_its_caption_and_the_verdict(run_a):
     captions = re.findall(r"<figcaption><b>([^<]*)\.</b> ([^<]+)</figcaption>", page)
     assert [t for t, _ in captions] == titles and all(len(c) > 20 for _, c in captions)
     assert re.search(r"reliable for \d+\.\d% of test digits \(k-hat ≤ 0\.41", page)
+    headline = re.search(r"<p class=headline>log p\(x\) = (-?\d+\.\d\d)", page)
+    assert headline and page.index("class=headline") < page.index("<h2>Evaluation")
+    assert "held-out test digits" in page
     metrics = json.loads((run_a / "metrics.json").read_text())
     assert metrics["verdict"].split(":")[0] in page
     assert f"estimated by {metrics['estimator']}" in page
