@@ -4,10 +4,20 @@ The public API is a short curated list; everything else lives in the submodules
 :mod:`ppvae.data`, :mod:`ppvae.models` and :mod:`ppvae.inference`.
 """
 
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 
-from ppvae.data import Dataset, load_dataset
-from ppvae.inference import (
+import tqdm
+
+# Pyro's MCMC logger imports tqdm.auto, which in Jupyter without ipywidgets warns
+# "IProgress not found" on import, although ppvae's own bars are plain tqdm. The filter
+# holds only while Pyro is imported: the caller's warning filters stay as they were.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "IProgress not found", tqdm.TqdmWarning)
+    import pyro.infer  # noqa: F401
+
+from ppvae.data import Dataset, load_dataset  # noqa: E402
+from ppvae.inference import (  # noqa: E402
     IWAE_ELBO,
     BatchLoader,
     BDMCResult,
@@ -24,7 +34,7 @@ from ppvae.inference import (
     log_likelihood,
     save,
 )
-from ppvae.models import VAE, TwoLayerVAE
+from ppvae.models import VAE, TwoLayerVAE  # noqa: E402
 
 try:
     __version__ = version("ppvae")
