@@ -122,7 +122,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if "(default" in text or not action.option_strings or action.nargs == 0:
-            return text
+            return text  # already says it, a positional, or an on/off switch
         if action.required:
             return text
         if action.default is None:
@@ -172,6 +172,9 @@ class _Subparsers:
         if examples:
             kwargs["epilog"] = "examples:\n" + "\n".join(f"  {e}" for e in examples)
         return self.action.add_parser(name, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.action, name)  # everything else as argparse's own
 
 
 def _add_train(sub: Any) -> None:
