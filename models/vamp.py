@@ -44,12 +44,16 @@ class VampPrior(Prior):
     learn_weights
         Learn the mixture weights (the paper fixes them to 1/K).
 
+    With a flow guide (IAF, NSF), q(z | u_k) is a flow conditioned on u_k's context;
+    each latent is then evaluated under every component by expanding it along the
+    component axis (:class:`_ExpandedMixture`), since a conditioned flow broadcasts its
+    context only against inputs with a matching component axis. That costs the flow's
+    inverse on K times as many rows as a Gaussian guide's closed form.
+
     Raises
     ------
     ValueError
-        At construction of the VAE, for a non-Gaussian guide (a flow cannot be
-        evaluated at a batch of pseudo-inputs and at a batch of latents that do not
-        correspond) and for a conditional VAE (the guide needs labels).
+        At construction of the VAE, for a conditional VAE (the guide needs labels).
 
     References
     ----------
@@ -77,11 +81,6 @@ class VampPrior(Prior):
             self.register_buffer("logits", torch.zeros(self.num_components))
 
     def setup(self, vae: nn.Module) -> None:
-        if not getattr(vae.guide_net, "gaussian", False):
-            raise ValueError(
-                "the VampPrior needs a Gaussian guide ('diagonal', 'lowrank', 'fullrank'); "
-                "flows are not supported"
-            )
         if getattr(vae, "num_labels", None) is not None:
             raise ValueError(
                 "the VampPrior does not support a conditional VAE (num_labels set): "
@@ -136,7 +135,28 @@ class VampPrior(Prior):
         u = self.pseudo_inputs()
         components = self._guide_net(u)
         mixing = dist.Categorical(logits=self.logits, validate_args=False)
-        return dist.MixtureSameFamily(mixing, components, validate_args=False)
+        if getattr(self._guide_net, "gaussian", False):
+            return dist.MixtureSameFamily(mixing, components, validate_args=False)
+        return _ExpandedMixture(mixing, components, validate_args=False)
+
+
+class _ExpandedMixture(dist.MixtureSameFamily):
+    """A mixture whose components see each value expanded along the component axis.
+
+    :class:`~torch.distributions.MixtureSameFamily` evaluates a value of shape
+    ``(*S, D)`` as ``(*S, 1, D)`` and relies on broadcasting against the K components;
+    a conditional flow's network expands its ``(K, H)`` context to the input's batch
+    shape, which needs the input to carry the K axis itself.
+    """
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._pad(x)
+        k = self.mixture_distribution.logits.shape[-1]
+        event = x.shape[x.dim() - self._event_ndims :]
+        batch = x.shape[: x.dim() - self._event_ndims - 1]
+        log_prob_x = self.component_distribution.log_prob(x.expand(*batch, k, *event))
+        log_mix_prob = torch.log_softmax(self.mixture_distribution.logits, dim=-1)
+        return torch.logsumexp(log_prob_x + log_mix_prob, dim=-1)
 
 
 def _range_constraint(low: float, high: float) -> constraints.Constraint:

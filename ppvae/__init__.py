@@ -4,11 +4,21 @@ The public API is a short curated list; everything else lives in the submodules
 :mod:`ppvae.data`, :mod:`ppvae.models` and :mod:`ppvae.inference`.
 """
 
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 
-from ppvae.augment import augment
-from ppvae.data import Dataset, load_dataset
-from ppvae.inference import (
+import tqdm
+
+# Pyro's MCMC logger imports tqdm.auto, which in Jupyter without ipywidgets warns
+# "IProgress not found" on import, although ppvae's own bars are plain tqdm. The filter
+# holds only while Pyro is imported: the caller's warning filters stay as they were.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "IProgress not found", tqdm.TqdmWarning)
+    import pyro.infer  # noqa: F401
+
+from ppvae.augment import augment  # noqa: E402
+from ppvae.data import Dataset, load_dataset  # noqa: E402
+from ppvae.inference import (  # noqa: E402
     IWAE_ELBO,
     TCVAE_ELBO,
     VQ_ELBO,
@@ -34,7 +44,7 @@ from ppvae.inference import (
     save,
     vq_elbo,
 )
-from ppvae.models import VAE, VQVAE, PixelCNNPrior, TwoLayerVAE
+from ppvae.models import VAE, VQVAE, PixelCNNPrior, TwoLayerVAE  # noqa: E402
 
 try:
     __version__ = version("ppvae")

@@ -196,6 +196,12 @@ def load_dataset(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype such as torch.float32, got {dtype}")
+    if data_dir is not None and not download and not Path(data_dir).expanduser().is_dir():
+        # Otherwise the search would quietly fall through to another copy of the data.
+        raise FileNotFoundError(
+            f"data_dir {os.fspath(data_dir)} (--data-dir) is not a folder: give the folder "
+            "holding the dataset's files, or leave it out to search the default places"
+        )
     src = _resolve(name_or_path, data_dir, download, resolution, grid)
     what = src.origin or src.name
     x = check_x(src.x, what)
@@ -223,6 +229,11 @@ def load_dataset(
     likelihood, kwargs = src.likelihood or _infer_likelihood(pool, test), src.likelihood_kwargs
     mode = ("dynamic" if src.grey_images else None) if binarize == "auto" else binarize
     pool_eval = pool
+    total = kwargs.get("total_count")
+    if mode is not None and total:
+        # Counts out of a known total (digits: 0..16) are grey levels on another scale:
+        # scaled to [0, 1] they binarise as MNIST's 0..255 do.
+        pool, test = pool / float(total), test / float(total)
     if mode is not None:
         lo, hi = _value_range(pool, test)
         if lo < 0 or hi > 1:

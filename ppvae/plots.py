@@ -26,6 +26,7 @@ from ppvae.inference.khat import KHAT_LABELS, khat_labels, khat_threshold
 __all__ = [
     "plot_codebook_usage",
     "use_headless_backend",
+    "KHAT_CLIP",
     "KHAT_COLOURS",
     "is_image_shape",
     "plot_image_grid",
@@ -48,6 +49,8 @@ __all__ = [
 
 #: Colours of the k-hat labels good, ok, bad and very bad.
 KHAT_COLOURS = ("#1b9e77", "#7570b3", "#d95f02", "#e7298a")
+#: The k-hat axis shown; values beyond it are drawn at its edge and counted as clipped.
+KHAT_CLIP = (-0.5, 1.5)
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
@@ -110,7 +113,7 @@ def plot_image_grid(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_samples(
@@ -255,27 +258,33 @@ def plot_latent_scatter(
     ax.set_ylabel(axes[1])
     ax.set_title("Posterior means of q(z | x)")
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
-def plot_elbo_curves(train_objective: ArrayLike, val_elbo: ArrayLike | None = None) -> Figure:
-    """Per-datapoint training objective (the ELBO at β = 1) and validation ELBO per epoch."""
+def plot_elbo_curves(
+    train_objective: ArrayLike, val_elbo: ArrayLike | None = None, *, objective: str = "ELBO"
+) -> Figure:
+    """Per-datapoint training objective and validation ELBO per epoch.
+
+    ``objective`` names the training objective in the legend (e.g. "IWAE bound (K=8)"
+    for a run trained on the importance-weighted bound).
+    """
     fig, ax = plt.subplots(figsize=(6, 4))
     train = _np(train_objective)
     epochs = np.arange(1, len(train) + 1)
-    ax.plot(epochs, train, label="train")
+    ax.plot(epochs, train, label=f"train {objective}")
     if val_elbo is not None and len(val_elbo):
         val = _np(val_elbo)
-        ax.plot(np.arange(1, len(val) + 1), val, label="validation")
+        ax.plot(np.arange(1, len(val) + 1), val, label="validation ELBO")
     finite = train[np.isfinite(train)]
     if len(finite) > 4:  # the first epochs' ELBO would squash the rest of the curve
         ax.set_ylim(bottom=np.quantile(finite, 0.05) - 0.05 * np.ptp(finite))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO per datapoint (nats)")
+    ax.set_ylabel("nats per datapoint")
     ax.set_title("Training curves")
     ax.legend()
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_loglik_hist(
@@ -292,19 +301,38 @@ def plot_loglik_hist(
     ax.set_title("Per-datapoint log-likelihood estimates")
     ax.legend()
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def _draw_khat(ax: plt.Axes, k: np.ndarray, num_samples: int, title: str) -> None:
-    """k-hat per datapoint on ``ax``, coloured by label, with the label edges."""
+    """k-hat per datapoint on ``ax``, coloured by label, with the label edges.
+
+    Values outside [−0.5, 1.5] (and infinite or NaN ones) are drawn at the clip value
+    as triangles pointing off the axis, and the legend says how many were clipped, so a
+    datapoint far above the threshold is neither lost nor mistaken for one at 1.5. The
+    legend sits outside the axes, where it cannot cover points.
+    """
     threshold = khat_threshold(num_samples)
     cats = khat_labels(k, num_samples)
-    shown = np.clip(np.nan_to_num(k, nan=1.5, posinf=1.5, neginf=-0.5), -0.5, 1.5)
+    lo, hi = KHAT_CLIP
+    filled = np.nan_to_num(k, nan=np.inf, posinf=np.inf, neginf=-np.inf)
+    shown = np.clip(filled, lo, hi)
+    above, below = filled > hi, filled < lo
+    inside = ~(above | below)
     idx = np.arange(len(k))
     for name, colour in zip(KHAT_LABELS, KHAT_COLOURS, strict=True):
         sel = cats == name
         if sel.any():
-            ax.scatter(idx[sel], shown[sel], s=8, color=colour, label=f"{name} ({sel.sum()})")
+            label = f"{name} ({sel.sum()})"
+            ax.scatter(idx[sel & inside], shown[sel & inside], s=8, color=colour, label=label)
+            for mask, marker in ((above, "^"), (below, "v")):
+                if (sel & mask).any():
+                    ax.scatter(idx[sel & mask], shown[sel & mask], s=22, marker=marker,
+                               color=colour, edgecolors="black", linewidths=0.4)  # fmt: skip
+    for mask, marker, where in ((above, "^", f"above {hi:g}"), (below, "v", f"below {lo:g}")):
+        if mask.any():  # a legend entry of its own, in neutral colours, for the count
+            ax.scatter([], [], s=22, marker=marker, color="white", edgecolors="black",
+                       label=f"clipped: {mask.sum()} {where}")  # fmt: skip
     lines = {0.7: "0.7", 1.0: "1.0", threshold: f"threshold {threshold:.2f}"}
     for value, text in sorted(lines.items()):
         style = "-" if value == threshold else ":"
@@ -319,10 +347,11 @@ def _draw_khat(ax: plt.Axes, k: np.ndarray, num_samples: int, title: str) -> Non
             ha="right",
             color="grey",
         )
+    ax.set_ylim(lo - 0.1, hi + 0.1)
     ax.set_xlabel("datapoint")
     ax.set_ylabel("Pareto k-hat")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def plot_khat(khat: ArrayLike, *, num_samples: int) -> Figure:
@@ -330,11 +359,11 @@ def plot_khat(khat: ArrayLike, *, num_samples: int) -> Figure:
 
     Labels and threshold are those of :mod:`ppvae.inference.khat` for ``num_samples``.
     """
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     title = f"PSIS k-hat of the importance weights per datapoint (S = {num_samples})"
     _draw_khat(ax, _np(khat), num_samples, title)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_khat_comparison(
@@ -349,13 +378,13 @@ def plot_khat_comparison(
     Both panels share the k-hat axis, so a proposal that fixes the guide's heavy tails
     shows as points moving below the threshold line.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4), sharey=True)
     _draw_khat(axes[0], _np(guide_khat), num_samples, f"guide alone (S = {num_samples})")
     _draw_khat(axes[1], _np(final_khat), num_samples, final_title)
     axes[1].set_ylabel("")
     fig.suptitle("PSIS k-hat of the importance weights per datapoint")
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_is_vs_ais(
@@ -386,7 +415,7 @@ def plot_is_vs_ais(
     ax.set_title("Importance sampling minus annealed importance sampling, per datapoint")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_ess(ess: ArrayLike, *, num_samples: int) -> Figure:
@@ -401,7 +430,7 @@ def plot_ess(ess: ArrayLike, *, num_samples: int) -> Figure:
     ax.set_title(f"Importance-sampling ESS per datapoint (median {np.median(e):.0f})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def plot_feature_summary(
@@ -420,6 +449,17 @@ def plot_feature_summary(
     ax.set_title("Per-feature mean and spread: data vs model")
     ax.legend()
     fig.tight_layout()
+    return _detached(fig)
+
+
+def _detached(fig: Figure) -> Figure:
+    """``fig``, released by pyplot: shown once in a notebook, by the cell's value.
+
+    pyplot's inline backend shows every figure it still manages at the end of a cell, and
+    the returned figure, as the cell's value, would be shown again. A released figure
+    can still be saved, shown with ``display(fig)``, or drawn into.
+    """
+    plt.close(fig)
     return fig
 
 

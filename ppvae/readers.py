@@ -210,6 +210,8 @@ def read_array_file(path: str | os.PathLike[str]) -> ArrayFile:
             f"{path} has no data array: expected key 'x', 'data' or 'X', found {sorted(arrays)}"
         )
     x = next(iter(arrays.values())) if x is None else x
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{path} holds {x.dtype} values, not numbers: give a file of numeric rows")
     ood = _pick(arrays, *OOD_KEYS)
     if ood is not None:
         ood = _check_ood(ood, len(x), path)

@@ -7,6 +7,7 @@ the interpreter start-up (an uncaught exception would surface there as a test er
 
 from __future__ import annotations
 
+import argparse
 import csv
 import html
 import json
@@ -27,7 +28,7 @@ import torch
 
 from ppvae import data as ppvae_data
 from ppvae.app import demo, train
-from ppvae.app.cli import main
+from ppvae.app.cli import build_parser, main
 from ppvae.inference.checkpoint import load_checkpoint
 
 TINY = ["--latent-dim", "2", "--hidden", "32", "--epochs", "3", "--lr", "0.01", "--quiet"]
@@ -319,6 +320,9 @@ def test_report_has_every_figure_with_its_caption_and_the_verdict(run_a):
     captions = re.findall(r"<figcaption><b>([^<]*)\.</b> ([^<]+)</figcaption>", page)
     assert [t for t, _ in captions] == titles and all(len(c) > 20 for _, c in captions)
     assert re.search(r"reliable for \d+\.\d% of test digits \(k-hat ≤ 0\.41", page)
+    headline = re.search(r"<p class=headline>log p\(x\) = (-?\d+\.\d\d)", page)
+    assert headline and page.index("class=headline") < page.index("<h2>Evaluation")
+    assert "held-out test digits" in page
     metrics = json.loads((run_a / "metrics.json").read_text())
     assert metrics["verdict"].split(":")[0] in page
     assert f"estimated by {metrics['estimator']}" in page
@@ -571,6 +575,56 @@ def test_user_errors_are_one_line_with_status_2(run_a, tmp_path, capsys):
     assert not x.exists()  # a refused run leaves nothing behind
     assert json.loads((run_a / "metrics.json").read_text()) == metrics  # refused before work
     assert not (run_a / "bdmc.json").exists()
+
+
+def test_hostile_inputs_name_the_key_file_or_flag(run_a, tmp_path, capsys):
+    tables = {
+        "prior.toml": ("[prior_kwargs]\nfoo = 1\n", "unknown key 'foo' in [prior_kwargs]"),
+        "lik.toml": (
+            'likelihood = "binomial"\n[likelihood_kwargs]\ntotal_count = "a"\n',
+            "[likelihood_kwargs] total_count must be int",
+        ),
+        "guide.toml": (
+            'guide = "iaf"\n[guide_kwargs.inner]\nx = 1\n',
+            "unknown key 'inner' in [guide_kwargs] for iaf guide: accepted keys are num_flows",
+        ),
+    }
+    words = tmp_path / "words.npy"
+    np.save(words, np.array([["a", "b"], ["c", "d"]]))
+    x, png = tmp_path / "x", tmp_path / "grid.txt"
+    cases = [(["train", tmp_path / name, "--out", x], why) for name, (_, why) in tables.items()]
+    for name, (text, _) in tables.items():
+        (tmp_path / name).write_text(text)
+    cases += [
+        (["train", "--seed", str(2**70), "--out", x], "invalid seed"),
+        (["evaluate", run_a, "--seed", "-1"], "invalid seed"),
+        (["score", run_a, words], "words.npy holds"),
+        (["evaluate", run_a / "config.toml"], "is a file, not a run directory"),
+        (["train", "--data-dir", tmp_path / "nodata", "--out", x], "nodata (--data-dir)"),
+        (["sample", run_a, "--out", png], "must end in .png"),
+    ]
+    for args, fragment in cases:
+        status, _, err = cli(capsys, *args)
+        assert_user_error(status, err, fragment)
+    assert not x.exists() and not png.exists()
+
+
+def test_every_option_has_a_help_line_with_its_default():
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in sub.choices.items():
+        formatter = command._get_formatter()
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"ppvae {name}: {action.dest} has no help line"
+            shown = formatter._get_help_string(action)
+            if action.option_strings and action.nargs != 0 and not action.required:
+                assert "(default: " in shown, f"ppvae {name} {action.option_strings}: {shown}"
+        text = command.format_help()
+        for action in command._actions:
+            for flag in action.option_strings:
+                assert flag in text
 
 
 def test_demo_without_fashion_mnist_says_how_to_get_it(tmp_path, capsys, monkeypatch):

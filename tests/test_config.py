@@ -17,7 +17,7 @@ def _unusual() -> RunConfig:
         data_dir="/tmp/a b",
         download=True,
         binarize="none",
-        likelihood="binomial",
+        likelihood=None,  # the dataset's: any table keys pass, to test odd TOML keys
         latent_dim=3,
         hidden=[7, 5, 3],
         conditional=True,
@@ -29,8 +29,9 @@ def _unusual() -> RunConfig:
         beta=0.25,
         clip_norm=10.0,
         patience=3,
-        seed=-7,
+        seed=4294967295,
         likelihood_kwargs={"total_count": 16, "odd key": "x\x01y", "ratio": 0.5, "flag": False},
+        prior="mixture",
         prior_kwargs={"num_components": 10},
     )
 
@@ -151,3 +152,18 @@ def test_load_config_errors(tmp_path):
     unknown.write_text("epochs = 3\ncolour = 'red'\n")
     with pytest.raises(UserError, match="'colour'"):
         load_config(unknown)
+
+
+def test_kwargs_tables_are_checked_against_the_component_constructor():
+    with pytest.raises(UserError, match=r"unknown key 'foo' in \[prior_kwargs\] for mixture prior"):
+        RunConfig(prior="mixture", prior_kwargs={"foo": 1})
+    with pytest.raises(UserError, match=r"accepted keys are num_components, init_scale"):
+        RunConfig(prior="mixture", prior_kwargs={"latent_dim": 3})  # the VAE supplies it
+    with pytest.raises(UserError, match=r"\[likelihood_kwargs\] total_count must be int"):
+        RunConfig(likelihood="binomial", likelihood_kwargs={"total_count": "a"})
+    with pytest.raises(UserError, match=r"\[guide_kwargs\] hidden_dims\[0\] must be int"):
+        RunConfig(guide="iaf", guide_kwargs={"hidden_dims": ["wide"]})
+    cfg = RunConfig(guide="nsf", guide_kwargs={"num_flows": 3, "bound": 4, "order": "linear"})
+    assert cfg.guide_kwargs["bound"] == 4  # ints pass for floats, as in the top table
+    with pytest.raises(UserError, match=r"seed must lie in \[0, 4294967295\]"):
+        RunConfig(seed=2**70)

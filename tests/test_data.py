@@ -7,6 +7,7 @@ the download cache are redirected there so results never depend on the machine.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import ppvae
 from ppvae import data
 from ppvae.data import load_dataset, read_idx
 from ppvae.inference.batches import BatchLoader, binarize_once
@@ -312,6 +314,7 @@ def test_unknown_name_lists_choices() -> None:
 
 def test_missing_idx_files_says_where_and_how(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PPVAE_DATA", str(tmp_path / "env"))
+    (tmp_path / "mine").mkdir()  # a folder without the files (a missing one is refused first)
     with pytest.raises(FileNotFoundError) as info:
         load_dataset("fashion-mnist", data_dir=tmp_path / "mine")
     message = str(info.value)
@@ -467,7 +470,6 @@ def test_bad_labels(tmp_path: Path) -> None:
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"val_fraction": -0.1}, "val_fraction"),
         ({"binarize": "sometimes"}, "unknown binarize"),
-        ({"binarize": "static"}, r"needs values in \[0, 1\].*\[0, 16\]"),
     ],
 )
 def test_bad_arguments(kwargs: dict, phrase: str) -> None:
@@ -482,3 +484,36 @@ def test_bad_loader_arguments() -> None:
         BatchLoader(torch.zeros(4, 1), torch.zeros(3), batch_size=2)
     with pytest.raises(ValueError, match="unknown split"):
         load_dataset("digits").loader("holdout")
+
+
+def test_digits_counts_are_scaled_to_unit_interval_before_binarising() -> None:
+    grey = load_dataset("digits", binarize=None)
+    ds = load_dataset("digits", binarize="dynamic")
+    assert ds.likelihood == "bernoulli" and ds.likelihood_kwargs == {}
+    torch.testing.assert_close(ds.train, grey.train / 16)  # grey levels kept for draws
+    for split in (ds.val, ds.test):
+        assert torch.isin(split, torch.tensor([0.0, 1.0])).all()
+    assert 0.2 < ds.test.mean() < 0.8  # binarised from the scaled levels, not all ones
+    vae = ppvae.VAE(ds.event_shape, 2, likelihood="bernoulli", hidden=(16,))
+    hist = ppvae.fit(vae, ds, epochs=2, progress=False, seed=0)  # the loader binarises
+    assert len(hist.val_elbo) == 2 and all(math.isfinite(v) for v in hist.val_elbo)
+
+
+def test_values_outside_unit_interval_without_a_known_total_are_not_binarised(
+    tmp_path: Path,
+) -> None:
+    np.save(tmp_path / "counts.npy", np.arange(40.0).reshape(10, 4) % 5)
+    with pytest.raises(ValueError, match=r"needs values in \[0, 1\].*\[0, 4\]"):
+        load_dataset(tmp_path / "counts.npy", binarize="static")
+
+
+def test_a_missing_data_dir_is_an_error_not_a_fallback(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nowhere \(--data-dir\) is not a folder"):
+        load_dataset("mnist", data_dir=tmp_path / "nowhere")
+
+
+def test_a_file_of_strings_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "words.npy"
+    np.save(path, np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(ValueError, match=r"words\.npy holds <U1 values, not numbers"):
+        read_array_file(path)

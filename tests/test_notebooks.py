@@ -93,8 +93,9 @@ def test_notebook_is_stored_without_outputs(path: Path) -> None:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, kernel_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The kernel inherits the environment: no display needed for matplotlib.
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # The kernel inherits the environment: the inline backend, as in Jupyter, so that the
+    # outputs show what a reader sees (each figure once); it needs no display.
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(path, as_version=4)
     # One extra cell at the end (in memory only) reports which interpreter ran the notebook.
     nb.cells.append(nbformat.v4.new_code_cell(_EXECUTABLE_CELL))
@@ -111,3 +112,19 @@ def test_notebook_runs(path: Path, kernel_name: str, monkeypatch: pytest.MonkeyP
     assert seconds < BUDGET, f"{path.name} took {seconds:.0f} s (budget {BUDGET} s)"
     printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.output_type == "stream")
     assert os.path.realpath(printed.strip()) == os.path.realpath(sys.executable)
+    assert_outputs_read_cleanly(nb)
+
+
+def assert_outputs_read_cleanly(nb: nbformat.NotebookNode) -> None:
+    """Each figure is shown once, and no progress bar asks for widgets.
+
+    A figure returned as a cell's value while pyplot still holds it is shown twice (once
+    by the inline backend, once as the value): two identical images in one cell. tqdm's
+    notebook bars without ipywidgets print an "IProgress not found" warning.
+    """
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        images = [o["data"]["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert len(images) == len(set(images)), f"code cell {i} shows a figure twice"
+        for o in cell.outputs:
+            text = o.get("text", "") + "".join(map(str, o.get("data", {}).values()))
+            assert "IProgress" not in text, f"code cell {i}: {text[:200]}"

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from ppvae import plots
 from ppvae.app.figures import FigureRecord, display_range, lerp, make_run_figures, slerp
 from ppvae.app.report import reliability_sentence, render_report, training_summary, write_report
+from ppvae.app.summaries import headline_sentence, objective_name
 from ppvae.models.vae import VAE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -98,6 +99,8 @@ def test_khat_plot_uses_the_diagnostics_labels():
         legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
         labels = khat_labels(k, s)
         expected = [f"{lab} ({np.sum(labels == lab)})" for lab in dict.fromkeys(labels)]
+        # nan and inf are drawn at 1.5, -inf at -0.5, and counted as clipped
+        expected += ["clipped: 2 above 1.5", "clipped: 1 below -0.5"]
         assert sorted(legend) == sorted(expected)
         lines = sorted(line.get_ydata()[0] for line in fig.axes[0].get_lines())
         assert lines == sorted({thr, 0.7, 1.0})
@@ -113,8 +116,49 @@ def test_khat_comparison_shows_the_guide_beside_the_final_estimate():
     for ax, k in zip(fig.axes, (guide, final), strict=True):
         legend = sorted(t.get_text() for t in ax.get_legend().get_texts())
         labels = khat_labels(k, 1000)
-        assert legend == sorted(f"{lab} ({np.sum(labels == lab)})" for lab in set(labels))
+        expected = [f"{lab} ({np.sum(labels == lab)})" for lab in set(labels)]
+        expected += ["clipped: 1 above 1.5"] if np.isnan(k).any() else []
+        assert legend == sorted(expected)
     assert fig.axes[0].get_ylim() == fig.axes[1].get_ylim()  # one k-hat scale for both
+
+
+def test_khat_plot_draws_clipped_points_at_the_edge_and_its_legend_outside():
+    k = np.r_[np.linspace(0.0, 1.2, 40), np.full(7, 3.0), np.inf]
+    fig = plots.plot_khat(k, num_samples=1000)
+    ax = fig.axes[0]
+    triangles = [c for c in ax.collections if len(c.get_offsets()) == 8]
+    (clipped,) = triangles
+    assert np.allclose(np.asarray(clipped.get_offsets())[:, 1], 1.5)
+    assert np.allclose(np.asarray(clipped.get_offsets())[:, 0], np.arange(40, 48))
+    assert "clipped: 8 above 1.5" in [t.get_text() for t in ax.get_legend().get_texts()]
+    fig.canvas.draw()
+    legend_box = ax.get_legend().get_window_extent()
+    assert legend_box.x0 >= ax.get_window_extent().x1  # beside the axes, over no point
+    plt.close(fig)
+
+
+def test_training_curves_name_the_objective():
+    fig = plots.plot_elbo_curves([-300.0, -200.0], [-310.0, -205.0], objective="IWAE bound (K=8)")
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["train IWAE bound (K=8)", "validation ELBO"]
+    plt.close(fig)
+    assert objective_name("iwae", 8) == "IWAE bound (K=8)"
+    assert objective_name("trace") == "ELBO"
+    assert objective_name("trace", beta=4.0) == "β-weighted ELBO (β=4)"
+    summary = training_summary({"train_objective": [-100.0]}, objective="IWAE bound (K=8)")
+    assert summary["final training IWAE bound (K=8) (nats)"] == -100.0
+
+
+def test_headline_sentence_gives_estimate_error_data_and_verdict():
+    m = {"log_likelihood": -95.321, "stderr": 0.412, "num_datapoints": 359, "split": "test",
+         "khat_threshold": 0.67, "share_khat_above_threshold": 0.02, "mc_stderr": 0.0012,
+         "num_without_stderr": 0}  # fmt: skip
+    text = headline_sentence(m, "digits")
+    assert text.startswith("log p(x) = -95.32 ± 0.41 nats per datapoint on 359 held-out test")
+    assert "mostly reliable: k-hat ≤ 0.67 for 98.0 % of them" in text
+    html_text = render_report(title="t", config={}, figures=[], figures_dir=".", metrics=m)
+    body = html_text[html_text.index("<body>") :]
+    assert body.index("class=headline") < body.index("<table")
 
 
 def test_is_vs_ais_draws_bars_only_where_both_errors_exist():
@@ -318,7 +362,7 @@ def test_report_shows_the_estimator_comparisons_and_bdmc_in_words(tmp_path):
     assert "log p(x) = -86.10 ± 0.82 nats per datapoint" in page
     assert f"estimated by {metrics['estimator']}" in page
     # No Monte Carlo s.e. the diagnostics reject: words, in the headline and in the table.
-    assert page.count("not available: k-hat rejects 2 of 359 digits") == 2
+    assert page.count("not available: k-hat rejects 2 of 359 digits") == 3  # headline too
     assert "not available: k-hat rejects 350 of 359 digits" in page
     assert "Refined estimate vs the guide alone" in page and "higher by 1.490 ± 0.050" in page
     assert "Importance sampling vs annealed importance sampling" in page
@@ -354,4 +398,4 @@ def test_reliability_sentence_and_training_summary():
     )
     assert summary["epochs"] == 2 and summary["training time (s)"] == 4.0
     assert summary["images per second (mean)"] == 20.0
-    assert summary["final train objective (nats)"] == -4.0
+    assert summary["final training ELBO (nats)"] == -4.0

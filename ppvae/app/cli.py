@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from ppvae import TrainingDivergedError, __version__
 from ppvae.app.bdmc import bdmc_run
-from ppvae.app.config import RunConfig, UserError, parse_hidden, read_toml
+from ppvae.app.config import MAX_SEED, RunConfig, UserError, check_seed, parse_hidden, read_toml
 from ppvae.app.evaluate import PROPOSALS, compare_runs, evaluate_run
 from ppvae.app.launch import LAUNCHED, LOST_GROUP, launch, quiet_unless_main
 from ppvae.app.rundir import RunDir
@@ -38,7 +38,38 @@ from ppvae.inference.distributed import DistributedError, is_main_process
 # torchvision) and scikit-learn take longer to load than torch and Pyro together, and
 # `--help`, `train`, `evaluate` and `compare` need neither.
 
-__all__ = ["main", "build_parser"]
+__all__ = ["EXAMPLES", "main", "build_parser"]
+
+#: The examples each subcommand's ``--help`` shows; the README's walkthrough runs every
+#: one of them (tests/test_readme.py), so they stay correct.
+EXAMPLES: dict[str, list[str]] = {
+    "train": [
+        "ppvae train --dataset digits --prior vamp --guide fullrank --elbo iwae --particles 8 "
+        "--epochs 5 --hidden 64,64 --latent-dim 8 --out runs/a",
+        "ppvae train runs/a/config.toml --prior normal --guide iaf --out runs/b",
+        "ppvae train --resume --out runs/a",
+    ],
+    "evaluate": [
+        "ppvae evaluate runs/a --proposal guide --num-samples 100 --limit 50",
+        "ppvae evaluate runs/a --num-samples 100 --limit 50 --ais 5 --ais-steps 100",
+    ],
+    "bdmc": ["ppvae bdmc runs/a --num-datapoints 4 --steps 100"],
+    "sample": ["ppvae sample runs/a --n 64"],
+    "compare": ["ppvae compare runs/a runs/b"],
+    "score": ["ppvae score runs/a digits --ood noise.npy --num-samples 100"],
+    "report": ["ppvae report runs/a"],
+}
+
+
+def _seed(text: str) -> int:
+    """argparse type of a ``--seed`` flag: an integer in [0, MAX_SEED]."""
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid seed {text!r}: give an integer in [0, {MAX_SEED}]"
+        ) from None
+
 
 # Flags of `train` that map one-to-one onto RunConfig fields: (flag, field, type, help).
 _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -52,7 +83,7 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--binarize", "binarize", str, "auto, dynamic, static, threshold or none"),
     ("--prior", "prior", str, "prior p(z): normal, mixture, vamp, ... (ppvae.models.PRIORS)"),
     ("--guide", "guide", str, "guide q(z|x): diagonal, lowrank, fullrank, iaf, nsf, ..."),
-    ("--likelihood", "likelihood", str, "p(x|z); default: the dataset's suggestion"),
+    ("--likelihood", "likelihood", str, "p(x|z) (default: the dataset's suggestion)"),
     ("--encoder", "encoder", str, "mlp or conv"),
     ("--decoder", "decoder", str, "mlp or conv"),
     ("--latent-dim", "latent_dim", int, "size of z"),
@@ -69,7 +100,7 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--gamma", "gamma", float, "--elbo capacity: weight of |KL - C|"),
     ("--kl-anneal", "kl_anneal", int, "epochs over which the KL weight ramps up to beta"),
     ("--clip-norm", "clip_norm", float, "gradient-norm clipping"),
-    ("--seed", "seed", int, "random seed"),
+    ("--seed", "seed", _seed, f"random seed in [0, {MAX_SEED}]"),
     ("--model", "model", str, "vae or vqvae (vector-quantised)"),
     ("--num-codes", "num_codes", int, "codebook size K (vqvae)"),
     ("--code-dim", "code_dim", int, "size of a codebook vector (vqvae)"),
@@ -80,12 +111,42 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--patience", "patience", int, "early stopping after this many epochs without progress"),
 ]
 
+# What a train flag left out means: the config file's value, else RunConfig's default.
+_TRAIN_DEFAULTS = {
+    name: ",".join(map(str, value)) if isinstance(value, list) else value
+    for name, value in RunConfig().to_dict().items()
+    if value is not None and not isinstance(value, dict)
+}
+
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but its errors are one line like every other user error."""
+    """argparse, but its errors are one line like every other user error, and every
+    option's help line ends with its default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"ppvae: error: {message}: see '{self.prog} --help'\n")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, or where the value comes from when it has none.
+
+    The train flags default to ``None`` (meaning "the config file's value, else
+    RunConfig's default"), so their help names RunConfig's default instead.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or not action.option_strings or action.nargs == 0:
+            return text  # already says it, a positional, or an on/off switch
+        if action.required:
+            return text
+        if action.default is None:
+            return f"{text} (default: {_TRAIN_DEFAULTS.get(action.dest, 'none')})"
+        return f"{text} (default: {action.default})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="CPU threads for torch and scikit-learn (default: their own; demo: 1)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    sub = _Subparsers(
+        parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    )
+    sub.action.required = True
 
     _add_train(sub)
     _add_evaluate(sub)
@@ -118,9 +181,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Subparsers:
+    """Adds each subcommand's examples (:data:`EXAMPLES`) to its ``--help``."""
+
+    def __init__(self, action: Any) -> None:
+        self.action = action
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        examples = EXAMPLES.get(name)
+        if examples:
+            kwargs["epilog"] = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+        return self.action.add_parser(name, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.action, name)  # everything else as argparse's own
+
+
 def _add_train(sub: Any) -> None:
     """The ``ppvae train`` subcommand."""
-    p = sub.add_parser("train", help="train a VAE into a run directory")
+    p = sub.add_parser(
+        "train",
+        help="train a VAE into a run directory",
+        description="Train a VAE into a run directory. Flags override CONFIG.toml; the "
+        "TOML keys without a flag are listed in the README (Command line).",
+    )
     p.add_argument("config", nargs="?", metavar="CONFIG.toml", help="run configuration")
     for flag, dest, tp, text in _TRAIN_FLAGS:
         p.add_argument(flag, dest=dest, type=tp, default=None, help=text)
@@ -144,16 +228,17 @@ def _add_train(sub: Any) -> None:
 def _add_evaluate(sub: Any) -> None:
     """The ``ppvae evaluate`` subcommand."""
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood and k-hat")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--num-samples", type=int, default=1000, help="particles K (default 1000)")
-    p.add_argument("--split", default="test", choices=("test", "val", "train"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by 'ppvae train'")
+    p.add_argument("--num-samples", type=int, default=1000, help="particles K per datapoint")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"), help="data split")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.add_argument("--limit", type=int, default=None, help="only the first N datapoints")
     p.add_argument(
         "--proposal",
         default="auto",
         choices=PROPOSALS,
-        help="auto (default): the guide, refined where k-hat rejects it; guide; refine",
+        help="auto: the guide, refined where k-hat rejects it; guide: the guide alone; "
+        "refine: every datapoint refined",
     )
     p.add_argument(
         "--ais",
@@ -162,75 +247,102 @@ def _add_evaluate(sub: Any) -> None:
         metavar="N",
         help="also run AIS on the first N datapoints and compare it with the estimate",
     )
-    p.add_argument("--ais-steps", type=int, default=1000, help="AIS steps (default 1000)")
-    p.add_argument("--ais-chains", type=int, default=16, help="AIS chains (default 16)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--ais-steps", type=int, default=1000, help="AIS annealing steps")
+    p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per datapoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
 
 
 def _add_bdmc(sub: Any) -> None:
     """The ``ppvae bdmc`` subcommand."""
     p = sub.add_parser("bdmc", help="certify an AIS schedule by bidirectional Monte Carlo")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by 'ppvae train'")
     p.add_argument(
-        "--num-datapoints", type=int, default=10, help="datapoints simulated (default 10)"
+        "--num-datapoints", type=int, default=10, help="datapoints simulated from the model"
     )
-    p.add_argument("--steps", type=int, default=1000, help="AIS steps (default 1000)")
-    p.add_argument("--chains", type=int, default=16, help="AIS chains (default 16)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=1000, help="AIS annealing steps")
+    p.add_argument("--chains", type=int, default=16, help="AIS chains per datapoint")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.set_defaults(func=_bdmc)
 
 
 def _add_sample(sub: Any) -> None:
     """The ``ppvae sample`` subcommand."""
     p = sub.add_parser("sample", help="a PNG grid of samples")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by 'ppvae train'")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--label", type=int, default=None, help="class (conditional models)")
-    p.add_argument("--out", default=None, metavar="FILE.png")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE.png",
+        help="where to write (default: RUN_DIR/samples.png)",
+    )
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.set_defaults(func=_sample)
 
 
 def _add_compare(sub: Any) -> None:
     """The ``ppvae compare`` subcommand."""
     p = sub.add_parser("compare", help="compare evaluated runs on the same data")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run directories")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"), help="data split")
     p.set_defaults(func=_compare)
 
 
 def _add_score(sub: Any) -> None:
     """The ``ppvae score`` subcommand."""
     p = sub.add_parser("score", help="anomaly scores -log p(x), ROC-AUC with --ood")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by 'ppvae train'")
     p.add_argument("data", metavar="DATA", help="dataset name (test split) or data file")
     p.add_argument("--ood", default=None, metavar="DATA2", help="out-of-distribution data")
-    p.add_argument("--out", default=None, metavar="scores.csv")
-    p.add_argument("--num-samples", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="scores.csv",
+        help="where to write the scores (default: RUN_DIR/scores.csv)",
+    )
+    p.add_argument("--num-samples", type=int, default=1000, help="particles K per datapoint")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_score)
 
 
 def _add_report(sub: Any) -> None:
     """The ``ppvae report`` subcommand."""
     p = sub.add_parser("report", help="write RUN_DIR/report.html")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--interpolation", default="slerp", choices=("slerp", "linear"))
-    p.add_argument("--projection", default="pca", choices=("pca", "tsne"))
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by 'ppvae train'")
+    p.add_argument(
+        "--interpolation",
+        default="slerp",
+        choices=("slerp", "linear"),
+        help="path between latent codes in the interpolation figure",
+    )
+    p.add_argument(
+        "--projection",
+        default="pca",
+        choices=("pca", "tsne"),
+        help="2-D projection of the latent codes",
+    )
     p.set_defaults(func=_report)
 
 
 def _add_demo(sub: Any) -> None:
     """The ``ppvae demo`` subcommand."""
     p = sub.add_parser("demo", help="train, evaluate and report on a small dataset")
-    p.add_argument("--dataset", default="digits", choices=("digits", "fashion-mnist"))
-    p.add_argument("--out", default="runs/demo", metavar="RUN_DIR")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--dataset", default="digits", choices=("digits", "fashion-mnist"), help="dataset"
+    )
+    p.add_argument("--out", default="runs/demo", metavar="RUN_DIR", help="run directory")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs (default: 250 on digits, 10 otherwise)",
+    )
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset's files")
+    p.add_argument("--download", action="store_true", help="fetch missing data")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or chatter")
     p.set_defaults(func=_demo)
 
 
@@ -344,6 +456,8 @@ def _headless() -> None:
 def _sample(args: argparse.Namespace) -> int:
     from ppvae.app.sample import sample_run
 
+    if args.out is not None and Path(args.out).suffix.lower() != ".png":
+        raise UserError(f"--out {args.out} must end in .png: sample writes a PNG grid")
     _headless()
     path = sample_run(args.run_dir, n=args.n, label=args.label, out=args.out, seed=args.seed)
     print(path)

@@ -9,7 +9,9 @@ value types a :class:`RunConfig` can hold (scalars, lists of scalars, flat table
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import inspect
 import math
 import os
 import re
@@ -19,13 +21,27 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RunConfig", "UserError", "parse_hidden", "read_toml", "to_toml"]
+from ppvae.models.registry import GUIDES, LIKELIHOODS, PRIORS, Registry
+
+__all__ = [
+    "MAX_SEED",
+    "RunConfig",
+    "UserError",
+    "check_seed",
+    "parse_hidden",
+    "read_toml",
+    "to_toml",
+]
 
 ELBOS = ("trace", "meanfield", "iwae", "tcvae", "capacity")
 MODELS = ("vae", "vqvae")
 VQ_POSTERIORS = ("hard", "soft")
 BINARIZE = ("auto", "dynamic", "static", "threshold", "none")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+#: Seeds go to torch, Pyro and NumPy generators; NumPy's legacy seeding takes 32 bits.
+MAX_SEED = 2**32 - 1
+#: Constructor arguments the VAE supplies itself, and so are no keys of a kwargs table.
+_SUPPLIED = frozenset({"latent_dim", "event_shape", "encoder"})
 
 
 class UserError(ValueError):
@@ -140,6 +156,13 @@ class RunConfig:
             raise UserError(
                 f"unknown binarize {self.binarize!r}: choose one of {', '.join(BINARIZE)}"
             )
+        check_seed(self.seed, "seed")
+        for table, registry, name in (
+            ("prior_kwargs", PRIORS, self.prior),
+            ("likelihood_kwargs", LIKELIHOODS, self.likelihood),
+            ("guide_kwargs", GUIDES, self.guide),
+        ):
+            _check_kwargs(table, getattr(self, table), registry, name)
 
     @property
     def binarize_mode(self) -> str | None:
@@ -212,6 +235,62 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             raise bad
         return value
     raise TypeError(f"unsupported field type {tp!r} for {name}")  # a bug, not a user error
+
+
+def check_seed(seed: int, name: str = "--seed") -> int:
+    """Return ``seed`` if it lies in [0, :data:`MAX_SEED`], else raise :class:`UserError`."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{name} must lie in [0, {MAX_SEED}] (2**32 - 1), got {seed}")
+    return seed
+
+
+def _check_kwargs(table: str, values: dict[str, Any], registry: Registry, name: Any) -> None:
+    """Check a ``[*_kwargs]`` table against the named component's constructor.
+
+    Every key must be a parameter of the constructor (other than those the VAE supplies)
+    and its value must have the annotated scalar type, so that a typo or a quoted number
+    is reported here, naming the table and the key, rather than as a TypeError or a
+    failed ``int()`` inside the model.
+    """
+    if not values or not isinstance(name, str) or name not in registry:
+        return  # an unknown name is reported by the model's registry, with the choices
+    factory = registry[name]
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    try:
+        hints = typing.get_type_hints(factory.__init__)
+    except (NameError, TypeError):
+        hints = {}
+    accepted = [
+        k for k in params if k not in _SUPPLIED and _toml_type(hints.get(k, Any)) is not None
+    ]
+    for key, value in values.items():
+        if key not in accepted:
+            raise UserError(
+                f"unknown key {key!r} in [{table}] for {name} {registry.kind}: accepted keys "
+                f"are {', '.join(accepted) or 'none'}"
+            )
+        tp = _toml_type(hints.get(key, Any))
+        if tp is not Any:
+            _coerce(f"[{table}] {key}", value, tp)
+
+
+def _toml_type(tp: Any) -> Any:
+    """The TOML-expressible form of a constructor annotation, or ``None`` for none."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) != 1:
+            return Any
+        found = _toml_type(inner[0])
+        return None if found is None else found | None
+    if origin in (list, tuple, collections.abc.Sequence):
+        (item, *_) = typing.get_args(tp) or (Any,)
+        return list[item] if item in (int, float, str, bool) else Any
+    if tp in (int, float, str, bool) or tp is Any:
+        return tp
+    return None  # tensors, modules: not something a TOML file can hold
 
 
 def parse_hidden(text: str, flag: str = "--hidden") -> list[int]:

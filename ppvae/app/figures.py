@@ -185,6 +185,7 @@ def make_run_figures(
     interpolation: str = "slerp",
     projection: str = "pca",
     max_points: int = 2000,
+    objective: str = "ELBO",
 ) -> tuple[list[FigureRecord], list[str]]:
     """Write a run's figures into ``out_dir``.
 
@@ -233,10 +234,12 @@ def make_run_figures(
         figures.append(
             (
                 "elbo.png",
-                plots.plot_elbo_curves(history["train_objective"], history.get("val_elbo")),
+                plots.plot_elbo_curves(
+                    history["train_objective"], history.get("val_elbo"), objective=objective
+                ),
                 "Training curves",
-                "Per-datapoint training objective (averaged over each epoch) and validation "
-                "ELBO at the end of each epoch.",
+                f"Per-datapoint training objective, the {objective} (averaged over each "
+                "epoch), and the validation ELBO at the end of each epoch.",
             )
         )
     if loglik is not None:

@@ -25,8 +25,10 @@ from ppvae.app.summaries import (
     BDMC_GOOD_GAP,
     bdmc_sentence,
     guide_sentence,
+    headline_sentence,
     is_stale,
     mc_stderr_text,
+    objective_name,
     stale_sentence,
 )
 from ppvae.app.train import check_event_shape, load_model, load_run_dataset, split_data
@@ -50,6 +52,7 @@ td, th { border: 1px solid #ddd; padding: 0.2rem 0.6rem; text-align: left; }
 th { background: #f4f4f4; } td.num { text-align: right; font-family: monospace; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.9rem; color: #444; }
+.headline { font-size: 1.2rem; font-weight: 600; margin: 0.5rem 0 1rem; }
 .verdict { background: #f3f8f3; border-left: 4px solid #1b9e77; padding: 0.5rem 1rem; }
 .warn { background: #fdf3ec; border-left: 4px solid #d95f02; padding: 0.5rem 1rem; }
 """
@@ -99,8 +102,11 @@ def reliability_sentence(metrics: Mapping[str, Any], noun: str = "datapoints") -
     return text
 
 
-def training_summary(history: Mapping[str, Any]) -> dict[str, Any]:
-    """Epochs, total time, throughput and final objective values of a training history."""
+def training_summary(history: Mapping[str, Any], objective: str = "ELBO") -> dict[str, Any]:
+    """Epochs, total time, throughput and final objective values of a training history.
+
+    ``objective`` names the training objective (:func:`objective_name`).
+    """
     seconds = list(history.get("seconds") or [])
     ips = list(history.get("images_per_second") or [])
     out: dict[str, Any] = {
@@ -109,7 +115,7 @@ def training_summary(history: Mapping[str, Any]) -> dict[str, Any]:
         "images per second (mean)": float(sum(ips) / len(ips)) if ips else None,
     }
     if history.get("train_objective"):
-        out["final train objective (nats)"] = float(history["train_objective"][-1])
+        out[f"final training {objective} (nats)"] = float(history["train_objective"][-1])
     if history.get("val_elbo"):
         out["final validation ELBO (nats)"] = float(history["val_elbo"][-1])
     if history.get("best_epoch") is not None:
@@ -135,7 +141,10 @@ _OWN_SECTIONS = ("guide_only", "ais", "mc_stderr_text", "estimator")
 def _evaluation_html(metrics: Mapping[str, Any], noun: str) -> list[str]:
     """The evaluation: reliability, headline and its estimator, and the metrics table."""
     cls = "verdict" if not metrics.get("share_khat_above_threshold") else "warn"
-    parts = [f"<p class={cls}>{html.escape(reliability_sentence(metrics, noun))}</p>"]
+    parts = []
+    if metrics.get("log_likelihood") is not None:
+        parts.append(f"<p class=headline>{html.escape(headline_sentence(metrics, noun))}</p>")
+    parts.append(f"<p class={cls}>{html.escape(reliability_sentence(metrics, noun))}</p>")
     if metrics.get("verdict"):
         parts.append(f"<p>{html.escape(str(metrics['verdict']))}</p>")
     parts.append("<h2>Evaluation</h2>")
@@ -150,7 +159,8 @@ def _evaluation_html(metrics: Mapping[str, Any], noun: str) -> list[str]:
     rows = {k: v for k, v in metrics.items() if k not in _OWN_SECTIONS}
     if "mc_stderr" in rows:
         rows["mc_stderr"] = mc_stderr_text(metrics, noun=noun)
-    parts.append(_table(rows, ("metric", "value")))
+    parts.append("<details><summary>All metrics (the keys of metrics.json)</summary>")
+    parts += [_table(rows, ("metric", "value")), "</details>"]
     if metrics.get("guide_only"):
         g = metrics["guide_only"]
         parts += [
@@ -236,10 +246,12 @@ def render_report(
     noun: str = "datapoints",
     bdmc: Mapping[str, Any] | None = None,
     stale: str | None = None,
+    objective: str = "ELBO",
 ) -> str:
     """The report as one HTML string with every figure embedded.
 
-    ``stale`` is a sentence saying that the metrics were computed on an older checkpoint.
+    ``stale`` is a sentence saying that the metrics were computed on an older checkpoint;
+    ``objective`` names the training objective (:func:`objective_name`).
     """
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
@@ -258,7 +270,10 @@ def render_report(
     if bdmc:
         parts += _bdmc_html(bdmc)
     if history:
-        parts += ["<h2>Training</h2>", _table(training_summary(history), ("quantity", "value"))]
+        parts += [
+            "<h2>Training</h2>",
+            _table(training_summary(history, objective), ("quantity", "value")),
+        ]
     parts += ["<h2>Configuration</h2>", _table(config)]
     parts.append("<h2>Figures</h2>")
     parts += [f"<p>{html.escape(note)}</p>" for note in notes]
@@ -292,6 +307,7 @@ def report_run(
 def _report(run: RunDir, interpolation: str, projection: str, dataset: Dataset | None) -> Path:
     """:func:`report_run` once the run folder's lock is held."""
     cfg, vae = load_model(run.root)
+    objective = objective_name(cfg.elbo, cfg.particles, cfg.beta, model=cfg.model)
     metrics = run.read_metrics()
     stale = None
     if metrics is not None and is_stale(metrics, run.model_digest()):
@@ -315,6 +331,7 @@ def _report(run: RunDir, interpolation: str, projection: str, dataset: Dataset |
         seed=cfg.seed,
         interpolation=interpolation,
         projection=projection,
+        objective=objective,
     )
     if metrics and metrics.get("disentanglement"):
         summary = metrics["disentanglement"]
@@ -331,5 +348,6 @@ def _report(run: RunDir, interpolation: str, projection: str, dataset: Dataset |
         noun=noun,
         bdmc=run.read_bdmc(),
         stale=stale,
+        objective=objective,
     )
     return run.write_report(content)

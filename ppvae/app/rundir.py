@@ -204,6 +204,8 @@ class RunDir:
 
     def require(self) -> RunDir:
         """Raise :class:`UserError` unless this is a run folder."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root} is a file, not a run directory: give the folder")
         if not self.root.is_dir():
             raise UserError(f"run directory {self.root} does not exist: check the path")
         if not self.config.is_file():

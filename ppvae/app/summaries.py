@@ -49,6 +49,8 @@ __all__ = [
     "guide_sentence",
     "is_stale",
     "stale_sentence",
+    "headline_sentence",
+    "objective_name",
 ]
 
 #: How each proposal code of ``LogLikelihoodResult.proposal`` reads in a sentence.
@@ -288,3 +290,48 @@ def is_stale(record: Mapping[str, Any], digest: str | None) -> bool:
 def stale_sentence(run_dir: Any) -> str:
     """What to say about a stale evaluation record of ``run_dir``."""
     return f"evaluated on an older checkpoint; rerun ppvae evaluate {run_dir}"
+
+
+def objective_name(elbo: str, particles: int = 1, beta: float = 1.0, model: str = "vae") -> str:
+    """What a run's training objective is called: "ELBO", "IWAE bound (K=8)", ...
+
+    Labels of training curves and summaries use it, so that a run trained on the
+    importance-weighted bound (Burda et al. 2016), or on an objective that is no bound on
+    log p(x) at all (β-TCVAE, annealed capacity, a VQ-VAE's codebook terms), does not show
+    it as an ELBO.
+    """
+    if model == "vqvae":
+        return "VQ-VAE objective (ELBO + codebook terms)"
+    if elbo == "tcvae":
+        return f"β-TCVAE objective (β={beta:g})"
+    if elbo == "capacity":
+        return "annealed-capacity objective"
+    if elbo == "iwae":
+        name = f"IWAE bound (K={particles})"
+    else:
+        name = "mean-field ELBO" if elbo == "meanfield" else "ELBO"
+    return name if beta == 1.0 else f"β-weighted {name} (β={beta:g})"
+
+
+def headline_sentence(m: Mapping[str, Any], noun: str = "datapoints") -> str:
+    """The headline of an evaluation in words: estimate, error, data and verdict.
+
+    For example "log p(x) = −95.32 ± 0.41 nats per datapoint on 359 held-out test digits;
+    reliable: k-hat ≤ 0.67 for 98.1 % of them; Monte Carlo s.e. 0.0012".
+    """
+    n, split = m.get("num_datapoints"), m.get("split", "test")
+    se = m.get("stderr")
+    pm = f" ± {float(se):.2f}" if se is not None and math.isfinite(float(se)) else ""
+    where = f"held-out {split}" if split != "train" else "training"
+    text = (
+        f"log p(x) = {float(m['log_likelihood']):.2f}{pm} nats per datapoint on {n} {where} {noun}"
+    )
+    share = m.get("share_khat_above_threshold")
+    if share is not None:
+        ok = 100.0 * (1.0 - float(share))
+        word = "reliable" if share == 0 else ("mostly reliable" if ok >= 90 else "unreliable")
+        only = "only " if word == "unreliable" else ""
+        thr = float(m["khat_threshold"])
+        text += f"; {word}: k-hat ≤ {thr:.2f} for {only}{ok:.1f} % of them"
+    text += f"; Monte Carlo s.e. {mc_stderr_text(m, noun=noun)}"
+    return text + " (± is the standard error over datapoints)."
