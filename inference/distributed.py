@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "close_process_group",
     "DistributedError",
     "ProcessGroup",
     "process_group",
@@ -62,6 +63,23 @@ DEFAULT_TIMEOUT = 300.0
 
 class DistributedError(RuntimeError):
     """A collective failed: another rank died or stopped answering."""
+
+
+def close_process_group(*, wait: bool = True) -> None:
+    """End the default process group, if one is up (the end of a command under torchrun).
+
+    With ``wait`` every rank first waits for the others, so that none exits while another
+    still talks to it; then each releases its communicators. A process that exits with the
+    group still up can abort in the communicators' threads at interpreter shutdown
+    ("terminate called without an active exception"), which the launcher reports as a
+    dead rank. Pass ``wait=False`` when another rank may be gone.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait:
+        with contextlib.suppress(RuntimeError, DistributedError):
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 def launched_by_torchrun() -> bool:

@@ -31,7 +31,7 @@ from ppvae.app.rundir import RunDir
 from ppvae.app.summaries import bdmc_sentence, evaluation_rows
 from ppvae.app.train import resume_config, train_run
 from ppvae.app.vq import vq_rows
-from ppvae.inference.distributed import DistributedError, is_main_process
+from ppvae.inference.distributed import DistributedError, close_process_group, is_main_process
 
 # The commands that draw (sample, report, demo) and `score` import their modules when they
 # run, the one exception to imports at the top: the plotting stack (matplotlib, seaborn,
@@ -58,6 +58,7 @@ EXAMPLES: dict[str, list[str]] = {
     "compare": ["ppvae compare runs/a runs/b"],
     "score": ["ppvae score runs/a digits --ood noise.npy --num-samples 100"],
     "report": ["ppvae report runs/a"],
+    "augment": ["ppvae augment runs/cvae --n-per-class 100 --out aug.npz"],
 }
 
 
@@ -349,19 +350,29 @@ def _add_demo(sub: Any) -> None:
 def _add_augment(sub: Any) -> None:
     """The ``ppvae augment`` subcommand."""
     p = sub.add_parser("augment", help="an augmented dataset (.npz) from a trained run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by 'ppvae train'")
     p.add_argument("--n-per-class", type=int, default=None, metavar="N", help="per class")
     p.add_argument("--n", type=int, default=None, metavar="N", help="in all (instead)")
     p.add_argument("--labels", default=None, metavar="0,3,7", help="classes to generate")
-    p.add_argument("--mode", default="prior", choices=("prior", "posterior"))
+    p.add_argument(
+        "--mode",
+        default="prior",
+        choices=("prior", "posterior"),
+        help="prior: z ~ p(z) (per class); posterior: neighbours of --source",
+    )
     p.add_argument("--source", default=None, metavar="DATA", help="data to encode (posterior)")
     p.add_argument(
         "--temperature", type=float, default=1.0, metavar="T", help="posterior spread (0..1)"
     )
-    p.add_argument("--output", default="sample", choices=("sample", "mean"))
-    p.add_argument("--out", required=True, metavar="FILE.npz")
+    p.add_argument(
+        "--output",
+        default="sample",
+        choices=("sample", "mean"),
+        help="sample: x ~ p(x|z) on the data's scale; mean: E[x|z]",
+    )
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="the .npz to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.set_defaults(func=_augment)
 
 
@@ -568,7 +579,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads = (1 if demo else None) if args.threads is None else args.threads
         if threads is not None:
             _set_threads(threads)
-        return args.func(args)
+        status = args.func(args)
+        close_process_group()  # under torchrun: the ranks end together
+        return status
     except KeyboardInterrupt:
         print("ppvae: interrupted", file=sys.stderr)
         return 130
