@@ -20,7 +20,6 @@ from ppvae.inference.diagnostics import (
     to_inference_data,
 )
 from ppvae.inference.disentangle_objectives import TCVAE_ELBO, AnnealedCapacityELBO
-from ppvae.inference.disentanglement import disentanglement_metrics
 from ppvae.inference.exact import bits_per_dim, exact_log_likelihood
 from ppvae.inference.history import History
 from ppvae.inference.importance import log_likelihood
@@ -89,3 +88,14 @@ __all__ = [
     "SoftVQ_ELBO",
     "vq_elbo",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The disentanglement scores need scikit-learn and SciPy's statistics, which take longer
+    # to load than torch and Pyro together and add warning filters on import: they load
+    # when first asked for, so that importing ppvae stays quick and changes nothing global.
+    if name == "disentanglement_metrics":
+        from ppvae.inference.disentanglement import disentanglement_metrics
+
+        return disentanglement_metrics
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,7 +35,6 @@ from ppvae.inference import (  # noqa: E402
     bits_per_dim,
     checkpoint_digest,
     compare,
-    disentanglement_metrics,
     exact_log_likelihood,
     fit,
     khat_summary,
@@ -85,3 +84,12 @@ __all__ = [
     "bits_per_dim",
     "PixelCNNPrior",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ppvae.disentanglement_metrics loads scikit-learn on first use (see ppvae.inference).
+    if name == "disentanglement_metrics":
+        from ppvae.inference import disentanglement_metrics
+
+        return disentanglement_metrics
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

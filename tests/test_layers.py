@@ -16,9 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"models": "ppvae.models", "inference": "ppvae.inference"}
 # The ppvae packages each layer may import (besides third-party packages).
 ALLOWED = {"models": ("ppvae.models",), "inference": ("ppvae.inference", "ppvae.models")}
-# The one deliberate import inside a function: ArviZ, loaded on first use so that
-# ``import ppvae`` stays light (inference/diagnostics.py, ``_arviz``).
-LAZY_IMPORTS = {("inference/diagnostics.py", "_arviz", "arviz")}
+# The deliberate imports inside a function, loaded on first use so that ``import ppvae``
+# stays light and changes no global state: ArviZ (inference/diagnostics.py, ``_arviz``),
+# and the disentanglement scores with their scikit-learn and SciPy (the package's
+# ``__getattr__``).
+LAZY_IMPORTS = {
+    ("inference/diagnostics.py", "_arviz", "arviz"),
+    ("inference/__init__.py", "__getattr__", "ppvae.inference.disentanglement"),
+}
 
 
 def _modules(folder: str) -> list[Path]:

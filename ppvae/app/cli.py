@@ -467,7 +467,9 @@ def _headless() -> None:
 def _sample(args: argparse.Namespace) -> int:
     from ppvae.app.sample import sample_run
 
-    if args.out is not None and Path(args.out).suffix.lower() != ".png":
+    # (A folder given as --out is reported as such by sample_run's writability check.)
+    out = None if args.out is None else Path(args.out)
+    if out is not None and not out.is_dir() and out.suffix.lower() != ".png":
         raise UserError(f"--out {args.out} must end in .png: sample writes a PNG grid")
     _headless()
     path = sample_run(args.run_dir, n=args.n, label=args.label, out=args.out, seed=args.seed)
