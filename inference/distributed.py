@@ -34,6 +34,7 @@ Training", VLDB 13(12) (DDP's gradient averaging and its unused-parameter handli
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import math
@@ -284,6 +285,9 @@ def process_group(
         if cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=_timeout())
+        # The group ppvae opened is closed at exit (without waiting: a rank may be gone),
+        # so that no process aborts in the communicators' threads at shutdown.
+        atexit.register(close_process_group, wait=False)
     if dist.get_world_size() == 1:
         return None
     nccl = dist.get_backend() == "nccl"
