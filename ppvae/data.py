@@ -144,6 +144,28 @@ class _Source:
     factor_names: tuple[str, ...] | None = None
 
 
+def _check_arguments(
+    binarize: str | None,
+    val_fraction: float,
+    dtype: torch.dtype,
+    data_dir: str | os.PathLike[str] | None,
+    download: bool,
+) -> None:
+    """Refuse :func:`load_dataset` arguments that cannot work, before any data is read."""
+    if binarize not in _BINARIZE_MODES:
+        raise ValueError(f"unknown binarize={binarize!r}: use one of {_BINARIZE_MODES}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype such as torch.float32, got {dtype}")
+    if data_dir is not None and not download and not Path(data_dir).expanduser().is_dir():
+        # Otherwise the search would quietly fall through to another copy of the data.
+        raise FileNotFoundError(
+            f"data_dir {os.fspath(data_dir)} (--data-dir) is not a folder: give the folder "
+            "holding the dataset's files, or leave it out to search the default places"
+        )
+
+
 def load_dataset(
     name_or_path: str | os.PathLike[str],
     *,
@@ -190,18 +212,7 @@ def load_dataset(
     -------
     Dataset
     """
-    if binarize not in _BINARIZE_MODES:
-        raise ValueError(f"unknown binarize={binarize!r}: use one of {_BINARIZE_MODES}")
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating dtype such as torch.float32, got {dtype}")
-    if data_dir is not None and not download and not Path(data_dir).expanduser().is_dir():
-        # Otherwise the search would quietly fall through to another copy of the data.
-        raise FileNotFoundError(
-            f"data_dir {os.fspath(data_dir)} (--data-dir) is not a folder: give the folder "
-            "holding the dataset's files, or leave it out to search the default places"
-        )
+    _check_arguments(binarize, val_fraction, dtype, data_dir, download)
     src = _resolve(name_or_path, data_dir, download, resolution, grid)
     what = src.origin or src.name
     x = check_x(src.x, what)

@@ -12,6 +12,7 @@ import ppvae
 from ppvae.app.cli import main
 from ppvae.augment import posterior_latents
 from ppvae.inference.rng import seeded
+from tests.cli_checks import cli
 
 SHAPE = (1, 4, 4)
 TINY = ["--latent-dim", "2", "--hidden", "16", "--epochs", "2", "--lr", "0.01", "--quiet"]
@@ -194,18 +195,9 @@ def runs(tmp_path_factory) -> dict[str, str]:
     return out
 
 
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as stop:
-        status = stop.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def test_cli_writes_a_dataset_that_load_dataset_reads_back(runs, tmp_path, capsys):
     out = tmp_path / "aug.npz"
-    status, text, err = _cli(capsys, "augment", runs["cond"], "--n-per-class", 6, "--out", out)
+    status, text, err = cli(capsys, "augment", runs["cond"], "--n-per-class", 6, "--out", out)
     assert status == 0, err
     assert out.with_suffix(".png").stat().st_size > 0
     with np.load(out) as f:
@@ -219,7 +211,7 @@ def test_cli_writes_a_dataset_that_load_dataset_reads_back(runs, tmp_path, capsy
     np.testing.assert_array_equal(back.numpy()[back_order], x.reshape(60, -1)[order])
     np.testing.assert_array_equal(labels.numpy()[back_order], y[order])
     # --force replaces it; posterior mode from the written file as the source
-    status, _, err = _cli(
+    status, _, err = cli(
         capsys, "augment", runs["cond"], "--mode", "posterior", "--source", out,
         "--n-per-class", 2, "--labels", "3,4", "--out", out, "--force",
     )  # fmt: skip
@@ -256,7 +248,7 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(
         np.save(unlabelled, np.zeros((3, 1, 8, 8)))
         args = [str(unlabelled) if a == "UNLABELLED" else a for a in args]
     before = sorted(p.name for p in tmp_path.iterdir())
-    status, _, err = _cli(capsys, "augment", runs[run], *args, "--out", out)
+    status, _, err = cli(capsys, "augment", runs[run], *args, "--out", out)
     assert status == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ppvae: error: ") and fragment in lines[0]
@@ -275,7 +267,7 @@ def test_augment_leaves_the_global_param_store_alone() -> None:
 def test_cli_refuses_an_out_whose_folder_is_a_file(runs, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    status, _, err = _cli(
+    status, _, err = cli(
         capsys, "augment", runs["cond"], "--n-per-class", 1, "--out", blocker / "aug.npz"
     )
     assert status == 2, err

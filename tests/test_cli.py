@@ -28,8 +28,9 @@ import torch
 
 from ppvae import data as ppvae_data
 from ppvae.app import demo, train
-from ppvae.app.cli import build_parser, main
+from ppvae.app.cli import build_parser
 from ppvae.inference.checkpoint import load_checkpoint
+from tests.cli_checks import assert_user_error, cli
 
 TINY = ["--latent-dim", "2", "--hidden", "32", "--epochs", "3", "--lr", "0.01", "--quiet"]
 K = ["--num-samples", "50"]
@@ -58,25 +59,6 @@ def ppvae(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 def ok(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``main`` in-process; returns (status, stdout, stderr)."""
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as stop:  # argparse's own exits
-        status = stop.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def assert_user_error(status: int, err: str, *fragments: str) -> None:
-    assert status == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ppvae: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

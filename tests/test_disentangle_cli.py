@@ -8,19 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from ppvae.app.cli import main
 from ppvae.sprites import render_sprites
+from tests.cli_checks import cli
 
 TINY = ["--latent-dim", "4", "--hidden", "32", "--epochs", "2", "--lr", "0.01", "--quiet"]
-
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as stop:
-        status = stop.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.fixture
@@ -33,7 +24,7 @@ def sprites_file(tmp_path):
 
 def test_tcvae_run_reports_disentanglement(sprites_file, tmp_path, capsys):
     run = tmp_path / "run"
-    status, _, err = _cli(
+    status, _, err = cli(
         capsys,
         "train",
         "--dataset",
@@ -47,14 +38,14 @@ def test_tcvae_run_reports_disentanglement(sprites_file, tmp_path, capsys):
         run,
     )
     assert status == 0, err
-    status, _, err = _cli(capsys, "evaluate", run, "--num-samples", "10", "--quiet")
+    status, _, err = cli(capsys, "evaluate", run, "--num-samples", "10", "--quiet")
     assert status == 0, err
     dis = json.loads((run / "metrics.json").read_text())["disentanglement"]
     assert set(dis["scores"]) >= {"mig", "dci_disentanglement", "factor_vae", "beta_vae", "sap"}
     assert all(0 <= v <= 1 for v in dis["scores"].values())
     assert dis["factor_names"][0] == "shape" and np.shape(dis["normalised_mi"]) == (4, 5)
     assert dis["num_codes"] == 128
-    status, _, err = _cli(capsys, "report", run)
+    status, _, err = cli(capsys, "report", run)
     assert status == 0, err
     page = (run / "report.html").read_text()
     assert "Disentanglement" in page and "Traversals ordered by factor" in page
@@ -70,6 +61,6 @@ def test_tcvae_run_reports_disentanglement(sprites_file, tmp_path, capsys):
     ],
 )
 def test_flags_that_do_not_fit_together(flags, fragment, tmp_path, capsys):
-    status, _, err = _cli(capsys, "train", *flags, *TINY, "--out", tmp_path / "r")
+    status, _, err = cli(capsys, "train", *flags, *TINY, "--out", tmp_path / "r")
     assert status == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
     assert not (tmp_path / "r").exists()

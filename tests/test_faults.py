@@ -22,6 +22,7 @@ import torch
 from ppvae.app.cli import main
 from ppvae.app.rundir import file_digest
 from ppvae.inference.checkpoint import load_checkpoint
+from tests.cli_checks import assert_user_error, cli_err
 
 TINY = "--latent-dim 2 --hidden 16 --batch-size 64 --lr 0.01 --seed 1 --quiet".split()
 PATIENT = [*TINY, "--epochs", "3", "--patience", "3"]
@@ -78,19 +79,6 @@ def _wrapped(tmp_path: Path, mode: str, name: str, nth: int, *args: str, **env: 
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)
 
 
-def _cli(capsys, *args) -> tuple[int, str]:
-    status = main([str(a) for a in args])
-    return status, capsys.readouterr().err
-
-
-def _one_line(status: int, err: str, *fragments: str) -> None:
-    assert status == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ppvae: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def _temporaries(run: Path) -> list[str]:
     return sorted(p.name for p in run.rglob(".*"))
 
@@ -113,7 +101,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 def _assert_resumes_to(run: Path, reference: Path, capsys) -> None:
-    assert _cli(capsys, "train", "--resume", "--epochs", "3", "--quiet", "--out", run)[0] == 0
+    assert cli_err(capsys, "train", "--resume", "--epochs", "3", "--quiet", "--out", run)[0] == 0
     assert _temporaries(run) == []  # the killed write's temporary file is gone
     assert _same(_params(run / "model.pt"), _params(reference / "model.pt"))
     best = run / "checkpoints" / "best.pt"
@@ -143,7 +131,7 @@ def test_kill_between_best_and_last_checkpoint_resumes_exactly(uninterrupted, tm
     assert load_checkpoint(last)["history"]["epochs_completed"] == 2
     assert load_checkpoint(best)["history"]["epochs_completed"] == 3  # the pair disagrees
     # Resuming without redoing epoch 3 ends on epoch 2's best, and best.pt says so too.
-    assert _cli(capsys, "train", "--resume", "--epochs", "2", "--quiet", "--out", run)[0] == 0
+    assert cli_err(capsys, "train", "--resume", "--epochs", "2", "--quiet", "--out", run)[0] == 0
     _assert_pair_agrees(run)
     assert _same(_params(run / "model.pt"), _params(best))
     assert load_checkpoint(best)["history"]["epochs_completed"] == 2
@@ -176,10 +164,16 @@ def test_a_second_command_on_a_run_being_trained_is_refused_naming_the_holder(tm
             timeout=120,
             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
         )
-        _one_line(second.returncode, second.stderr, "in use by", f"pid {first.pid}", "train")
+        assert_user_error(
+            second.returncode, second.stderr, "in use by", f"pid {first.pid}", "train"
+        )
         # Other commands on the folder refuse too, rather than read a half-trained run.
-        _one_line(*_cli(capsys, "evaluate", run, "--num-samples", "10"), f"pid {first.pid}")
-        _one_line(*_cli(capsys, "demo", "--out", run, "--epochs", "1"), f"pid {first.pid}")
+        assert_user_error(
+            *cli_err(capsys, "evaluate", run, "--num-samples", "10"), f"pid {first.pid}"
+        )
+        assert_user_error(
+            *cli_err(capsys, "demo", "--out", run, "--epochs", "1"), f"pid {first.pid}"
+        )
         assert (run / "config.toml").is_file()  # the demo cleared nothing
     finally:
         go.touch()
@@ -190,28 +184,30 @@ def test_a_second_command_on_a_run_being_trained_is_refused_naming_the_holder(tm
 
 def test_resume_cannot_shrink_epochs_and_extending_makes_evaluations_stale(tmp_path, capsys):
     run = tmp_path / "r"
-    assert _cli(capsys, "train", *TINY, "--epochs", "2", "--out", run)[0] == 0
-    assert _cli(capsys, "evaluate", run, *EVAL)[0] == 0
+    assert cli_err(capsys, "train", *TINY, "--epochs", "2", "--out", run)[0] == 0
+    assert cli_err(capsys, "evaluate", run, *EVAL)[0] == 0
     digest = file_digest(run / "model.pt")
     assert json.loads((run / "metrics.json").read_text())["checkpoint_sha256"] == digest
     config = (run / "config.toml").read_text()
-    _one_line(*_cli(capsys, "train", "--resume", "--epochs", "1", "--out", run), "--epochs 2")
+    assert_user_error(
+        *cli_err(capsys, "train", "--resume", "--epochs", "1", "--out", run), "--epochs 2"
+    )
     assert (run / "config.toml").read_text() == config  # the history is not rewritten
 
-    assert _cli(capsys, "train", "--resume", "--epochs", "3", "--quiet", "--out", run)[0] == 0
+    assert cli_err(capsys, "train", "--resume", "--epochs", "3", "--quiet", "--out", run)[0] == 0
     assert "epochs = 3" in (run / "config.toml").read_text()
     assert json.loads((run / "history.json").read_text())["epochs_completed"] == 3
     copy = tmp_path / "copy"
     copy.mkdir()
     for name in ("config.toml", "model.pt", "loglik_test.pt", "metrics.json"):
         (copy / name).write_bytes((run / name).read_bytes())
-    assert _cli(capsys, "report", run)[0] == 0
+    assert cli_err(capsys, "report", run)[0] == 0
     page = (run / "report.html").read_text()
     assert f"evaluated on an older checkpoint; rerun ppvae evaluate {run}" in page
-    status, err = _cli(capsys, "compare", run, copy)
-    _one_line(status, err, "evaluated on an older checkpoint; rerun ppvae evaluate")
-    assert _cli(capsys, "evaluate", run, *EVAL)[0] == 0
-    assert _cli(capsys, "evaluate", copy, *EVAL)[0] == 0
-    assert _cli(capsys, "compare", run, copy)[0] == 0
-    assert _cli(capsys, "report", run)[0] == 0
+    status, err = cli_err(capsys, "compare", run, copy)
+    assert_user_error(status, err, "evaluated on an older checkpoint; rerun ppvae evaluate")
+    assert cli_err(capsys, "evaluate", run, *EVAL)[0] == 0
+    assert cli_err(capsys, "evaluate", copy, *EVAL)[0] == 0
+    assert cli_err(capsys, "compare", run, copy)[0] == 0
+    assert cli_err(capsys, "report", run)[0] == 0
     assert "older checkpoint" not in (run / "report.html").read_text()

@@ -16,23 +16,10 @@ import pytest
 
 from ppvae.app import evaluate
 from ppvae.app.cli import main
+from tests.cli_checks import assert_user_error, cli_err
 
 TINY = "--latent-dim 2 --hidden 16 --batch-size 128 --epochs 1 --seed 1 --quiet".split()
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _cli(capsys, *args) -> tuple[int, str]:
-    status = main([str(a) for a in args])
-    return status, capsys.readouterr().err
-
-
-def _one_line(status: int, err: str, *fragments: str) -> None:
-    assert status == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ppvae: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +38,13 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 def test_train_refuses_an_output_it_cannot_write(tmp_path, capsys):
     a_file = tmp_path / "file"
     a_file.write_text("mine")
-    _one_line(*_cli(capsys, "train", *TINY, "--out", a_file), "not a directory", "--out")
-    _one_line(*_cli(capsys, "train", *TINY, "--out", a_file / "run"), "not a directory")
+    assert_user_error(*cli_err(capsys, "train", *TINY, "--out", a_file), "not a directory", "--out")
+    assert_user_error(*cli_err(capsys, "train", *TINY, "--out", a_file / "run"), "not a directory")
     assert a_file.read_text() == "mine"
     if Path("/proc/self").is_dir():  # read-only for every user, root included
-        _one_line(*_cli(capsys, "train", *TINY, "--out", "/proc/ppvae-run"), "not writable")
+        assert_user_error(
+            *cli_err(capsys, "train", *TINY, "--out", "/proc/ppvae-run"), "not writable"
+        )
 
 
 def test_evaluate_checks_its_outputs_before_estimating(trained, tmp_path, capsys, monkeypatch):
@@ -66,20 +55,20 @@ def test_evaluate_checks_its_outputs_before_estimating(trained, tmp_path, capsys
         raise AssertionError("the estimate ran before the output was checked")
 
     monkeypatch.setattr(evaluate, "log_likelihood", estimate)
-    _one_line(*_cli(capsys, "evaluate", run), "metrics.json", "is a directory")
+    assert_user_error(*cli_err(capsys, "evaluate", run), "metrics.json", "is a directory")
     assert not (run / "loglik_test.pt").exists()
 
 
 def test_report_sample_and_score_refuse_unwritable_outputs(trained, tmp_path, capsys):
     run = _copy(trained, tmp_path)
     (run / "figures").write_text("not a folder")
-    _one_line(*_cli(capsys, "report", run), "figures", "not a directory")
+    assert_user_error(*cli_err(capsys, "report", run), "figures", "not a directory")
     folder = tmp_path / "folder"
     folder.mkdir()
-    _one_line(*_cli(capsys, "sample", run, "--out", folder), "is a directory", "--out")
-    _one_line(*_cli(capsys, "score", run, "digits", "--out", folder), "is a directory")
+    assert_user_error(*cli_err(capsys, "sample", run, "--out", folder), "is a directory", "--out")
+    assert_user_error(*cli_err(capsys, "score", run, "digits", "--out", folder), "is a directory")
     (run / "scores.csv").mkdir()
-    _one_line(*_cli(capsys, "score", run, "digits"), "scores.csv", "is a directory")
+    assert_user_error(*cli_err(capsys, "score", run, "digits"), "scores.csv", "is a directory")
     assert sorted(p.name for p in folder.iterdir()) == []
 
 
@@ -89,7 +78,7 @@ def test_commands_refuse_a_read_only_run(trained, tmp_path, capsys):
     run.chmod(0o555)
     try:
         for command in (["evaluate", run], ["report", run], ["sample", run]):
-            _one_line(*_cli(capsys, *command), "not writable")
+            assert_user_error(*cli_err(capsys, *command), "not writable")
     finally:
         run.chmod(0o755)
 
@@ -123,18 +112,20 @@ def test_settings_fit_would_refuse_leave_no_run_directory(case, tmp_path, capsys
         config = tmp_path / "config.toml"
         config.write_text("val_fraction = 0\n")
         args = [config, *args]
-    _one_line(*_cli(capsys, "train", *args, *TINY, "--out", out), fragment)
+    assert_user_error(*cli_err(capsys, "train", *args, *TINY, "--out", out), fragment)
     assert not out.exists()
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(trained, tmp_path, capsys):
     other = tmp_path / "other"
     args = [*TINY, "--latent-dim", "3", "--hidden", "24"]
-    assert _cli(capsys, "train", *args, "--out", other)[0] == 0
+    assert cli_err(capsys, "train", *args, "--out", other)[0] == 0
     run = _copy(trained, tmp_path)
     shutil.copyfile(other / "model.pt", run / "model.pt")
     for command in (["evaluate", run, "--num-samples", "10"], ["sample", run]):
-        _one_line(*_cli(capsys, *command), "latent_dim: 2 in config.toml, 3 in the checkpoint")
+        assert_user_error(
+            *cli_err(capsys, *command), "latent_dim: 2 in config.toml, 3 in the checkpoint"
+        )
     assert not (run / "metrics.json").exists() and not (run / "samples.png").exists()
 
 
@@ -146,8 +137,10 @@ def test_a_checkpoint_for_other_datapoints_is_refused(trained, tmp_path, capsys)
     config.write_text('likelihood = "binomial"\n\n[likelihood_kwargs]\ntotal_count = 16\n')
     other = tmp_path / "other"
     args = ["--dataset", data, "--binarize", "none", *TINY, "--out", other]
-    assert _cli(capsys, "train", config, *args)[0] == 0
+    assert cli_err(capsys, "train", config, *args)[0] == 0
     run = _copy(trained, tmp_path)
     shutil.copyfile(other / "model.pt", run / "model.pt")  # same arguments, 8 features
-    status, err = _cli(capsys, "evaluate", run, "--num-samples", "10")
-    _one_line(status, err, "event_shape: [1, 8, 8] in config.toml's dataset digits, [8] in the")
+    status, err = cli_err(capsys, "evaluate", run, "--num-samples", "10")
+    assert_user_error(
+        status, err, "event_shape: [1, 8, 8] in config.toml's dataset digits, [8] in the"
+    )
